@@ -1,0 +1,193 @@
+"""The ``eye-model`` command line: one click group; MLproject entry points call its commands.
+
+Commands parse options and call the module that owns the stage; they hold no logic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from eye_model.config import SERVING_PORT, TRACKING_PORT
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(package_name="eye-model")
+def main() -> None:
+    """eye-model: classify fundus photographs with an MLflow pyfunc model."""
+
+
+def _training_options(function):
+    """The parameters shared by the ``train`` and ``main`` entry points."""
+    options = [
+        click.option("--data-dir", default="", help="ImageFolder dataset root; empty: synthetic."),
+        click.option(
+            "--synthetic-per-class", type=int, default=300, help="Synthetic images per class."
+        ),
+        click.option("--image-size", type=int, default=224, help="Network input side, in pixels."),
+        click.option(
+            "--backbone",
+            type=click.Choice(["small_cnn", "efficientnet_b0", "mobilenet_v3_small"]),
+            default="small_cnn",
+            help="Network architecture.",
+        ),
+        click.option("--weights", default="none", help="none, imagenet or a weights file."),
+        click.option(
+            "--epochs", type=int, default=15, help="Most epochs (early stopping may end sooner)."
+        ),
+        click.option("--batch-size", type=int, default=32, help="Images per training step."),
+        click.option("--learning-rate", type=float, default=2e-3, help="Adam learning rate."),
+        click.option(
+            "--seed", type=int, default=42, help="Seed of data, split and initialisation."
+        ),
+        click.option("--register-as", default="", help="Register under this name; empty: do not."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+@main.command()
+@_training_options
+def train(**params: object) -> None:
+    """Train, calibrate, evaluate and log a pyfunc model (synthetic data when no data-dir)."""
+    from eye_model.train import TrainConfig, run_training
+
+    result = run_training(TrainConfig(**params))  # type: ignore[arg-type]
+    click.echo(
+        json.dumps(
+            {
+                "run_id": result.run_id,
+                "model_uri": result.model_uri,
+                "registered_version": result.registered_version,
+                "test_accuracy": result.metrics.get("test_accuracy"),
+                "test_macro_f1": result.metrics.get("test_macro_f1"),
+                "test_ece": result.metrics.get("test_ece"),
+            }
+        )
+    )
+
+
+@main.command()
+@click.option("--out-dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--per-class", type=int, default=100, help="Images per class.")
+@click.option("--image-size", type=int, default=512, help="Side of each image, in pixels.")
+@click.option("--seed", type=int, default=0, help="Seed: the same seed gives the same files.")
+def synthesize(out_dir: str, per_class: int, image_size: int, seed: int) -> None:
+    """Generate a synthetic fundus dataset as out_dir/<class>/*.jpg."""
+    from eye_model.synthetic import generate_dataset
+
+    counts = generate_dataset(out_dir, per_class=per_class, image_size=image_size, seed=seed)
+    click.echo(json.dumps({"out_dir": out_dir, "counts": counts}))
+
+
+@main.command()
+@click.option("--model-uri", "-m", required=True, help="MLflow model URI or folder to serve.")
+@click.option("--port", "-p", type=int, default=SERVING_PORT, help="Port of the REST API.")
+@click.option("--host", default="127.0.0.1", help="Interface to listen on (0.0.0.0: all).")
+@click.option(
+    "--env-manager",
+    type=click.Choice(["local", "virtualenv", "uv", "conda"]),
+    default="local",
+    help="'local' serves from this environment; the others build the model's own.",
+)
+@click.option("--workers", "-w", type=int, default=1, help="uvicorn worker processes.")
+def serve(model_uri: str, port: int, host: str, env_manager: str, workers: int) -> None:
+    """Serve a model with `mlflow models serve` (POST images to /invocations)."""
+    from eye_model.serving import build_serve_command, server_environment
+
+    command = build_serve_command(
+        model_uri, port=port, host=host, env_manager=env_manager, workers=workers
+    )
+    click.echo(f"serving {model_uri} on http://{host}:{port}", err=True)
+    sys.stdout.flush()
+    os.execvpe(command[0], command, server_environment())
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--url", default=f"http://127.0.0.1:{SERVING_PORT}", help="Model server URL.")
+@click.option("--timeout", type=float, default=60.0, help="Request timeout in seconds.")
+def score(images: tuple[str, ...], url: str, timeout: float) -> None:
+    """Score image files against a running model server and print one JSON line each.
+
+    File names stay on this machine: the server only sees the row number.
+    """
+    from eye_model.serving import score_files
+
+    predictions = score_files(url, [Path(p) for p in images], timeout=timeout)
+    for path, prediction in zip(images, predictions, strict=True):
+        click.echo(json.dumps({"file": path, **prediction}))
+
+
+@main.group()
+def stack() -> None:
+    """The local stack: tracking server (5000) and model server (8080) in the background."""
+
+
+@stack.command("up")
+@click.option("--model-uri", default="", help="Model to serve; empty: tracking server only.")
+@click.option("--home", default=None, help="State folder (default EYE_MODEL_HOME or .eye-model).")
+@click.option("--tracking-port", type=int, default=TRACKING_PORT, help="Tracking server port.")
+@click.option("--serving-port", type=int, default=SERVING_PORT, help="Model server port.")
+@click.option("--host", default="127.0.0.1", help="Interface both servers listen on.")
+def stack_up(
+    model_uri: str, home: str | None, tracking_port: int, serving_port: int, host: str
+) -> None:
+    """Start the servers (those already running are kept) and wait until they are healthy."""
+    from eye_model.stack import StackPaths, start_model_server, start_tracking
+
+    paths = StackPaths.from_env(home)
+    tracking_uri = start_tracking(paths, port=tracking_port, host=host)
+    click.echo(f"tracking server: {tracking_uri} (UI and API); logs in {paths.logs}")
+    if model_uri:
+        env = {"MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI", tracking_uri)}
+        url = start_model_server(paths, model_uri, port=serving_port, host=host, env=env)
+        click.echo(f"model server: {url}/invocations serving {model_uri}")
+
+
+@stack.command("down")
+@click.option("--home", default=None, help="State folder (default EYE_MODEL_HOME or .eye-model).")
+def stack_down(home: str | None) -> None:
+    """Stop the model server, then the tracking server."""
+    from eye_model.stack import StackPaths, stop_service
+
+    paths = StackPaths.from_env(home)
+    for service in ("model", "tracking"):
+        if stop_service(paths, service):
+            click.echo(f"stopped {service} server")
+
+
+@stack.command("status")
+@click.option("--home", default=None, help="State folder (default EYE_MODEL_HOME or .eye-model).")
+def stack_status_command(home: str | None) -> None:
+    """Print which servers run, as JSON; exit 1 when none does."""
+    from eye_model.stack import StackPaths, stack_status
+
+    status = stack_status(StackPaths.from_env(home))
+    click.echo(json.dumps(status))
+    if not any(status.values()):
+        sys.exit(1)
+
+
+@stack.command("logs")
+@click.option("--home", default=None, help="State folder (default EYE_MODEL_HOME or .eye-model).")
+@click.option("--lines", "-n", type=int, default=40, help="Lines of each log.")
+def stack_logs(home: str | None, lines: int) -> None:
+    """Print the end of each server's log."""
+    from eye_model.stack import SERVICES, StackPaths
+
+    paths = StackPaths.from_env(home)
+    for service in SERVICES:
+        log = paths.log_file(service)
+        if log.exists():
+            click.echo(f"==> {log} <==")
+            click.echo("\n".join(log.read_text(errors="replace").splitlines()[-lines:]))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

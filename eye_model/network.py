@@ -1,0 +1,181 @@
+"""Keras network builders.
+
+Every network takes RGB images as float32 in 0-255 (shape ``(size, size, 3)``)
+and returns class **logits** in the order of ``CLASS_NAMES``; probabilities are
+``softmax(logits / temperature)``, the temperature being fitted after training.
+The layer before the logits is named ``embedding``: the drift monitor
+summarises it.
+
+This module knows nothing about MLflow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+from keras import layers
+
+from eye_model.config import CLASS_NAMES, DEFAULT_IMAGE_SIZE
+
+#: Backbones accepted by :func:`build_network`.
+BACKBONES: tuple[str, ...] = ("small_cnn", "efficientnet_b0", "mobilenet_v3_small")
+
+#: Name of the penultimate layer whose output is the image embedding.
+EMBEDDING_LAYER = "embedding"
+#: Name of the output layer (logits).
+LOGITS_LAYER = "logits"
+
+
+def resolve_weights(weights: str | None) -> str | None:
+    """Map the ``weights`` parameter to what ``keras.applications`` expects.
+
+    Args:
+        weights: ``none`` (random initialisation), ``imagenet`` (downloaded by Keras,
+            needs network access) or the path of a weights file.
+
+    Returns:
+        None, "imagenet" or the file path.
+
+    Raises:
+        ValueError: for a path that does not exist, naming it.
+    """
+    if weights is None or str(weights).strip().lower() in ("", "none", "null", "random"):
+        return None
+    if str(weights).strip().lower() == "imagenet":
+        return "imagenet"
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise ValueError(
+            f"weights={weights!r} is neither 'none', 'imagenet' nor an existing weights file; "
+            "pass one of those"
+        )
+    return str(path)
+
+
+def _conv_block(
+    x: keras.KerasTensor, filters: int, *, strides: int = 1, name: str
+) -> keras.KerasTensor:
+    x = layers.Conv2D(
+        filters, 3, strides=strides, padding="same", use_bias=False, name=f"{name}_conv"
+    )(x)
+    # momentum 0.9: the moving statistics settle within a few hundred steps, so the
+    # network in inference mode matches the one seen in training.
+    x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+    return layers.Activation("relu", name=f"{name}_relu")(x)
+
+
+def build_small_cnn(
+    image_size: int = DEFAULT_IMAGE_SIZE, num_classes: int = len(CLASS_NAMES)
+) -> keras.Model:
+    """Build the default network: a small CNN with a strided stem, fast on two CPU cores.
+
+    Global average and max pooling are concatenated: average pooling carries global
+    signs (haze, colour), max pooling keeps small ones (microaneurysms, exudates).
+
+    Args:
+        image_size: side of the square input, in pixels.
+        num_classes: number of output logits.
+
+    Returns:
+        An uncompiled Keras model, input float32 0-255, output logits.
+    """
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    x = _conv_block(x, 24, strides=2, name="stem")
+    x = _conv_block(x, 32, name="b1a")
+    x = layers.MaxPooling2D(name="b1_pool")(x)
+    x = _conv_block(x, 48, name="b2a")
+    x = _conv_block(x, 48, name="b2b")
+    x = layers.MaxPooling2D(name="b2_pool")(x)
+    x = _conv_block(x, 96, name="b3a")
+    x = _conv_block(x, 96, name="b3b")
+    x = layers.MaxPooling2D(name="b3_pool")(x)
+    x = _conv_block(x, 128, name="b4a")
+    pooled = layers.Concatenate(name="pool")(
+        [layers.GlobalAveragePooling2D(name="gap")(x), layers.GlobalMaxPooling2D(name="gmp")(x)]
+    )
+    x = layers.Dropout(0.3, name="dropout")(pooled)
+    x = layers.Dense(64, activation="relu", name=EMBEDDING_LAYER)(x)
+    logits = layers.Dense(num_classes, name=LOGITS_LAYER)(x)
+    return keras.Model(inputs, logits, name="small_cnn")
+
+
+def build_backbone_network(
+    backbone: str,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    weights: str | None = None,
+    num_classes: int = len(CLASS_NAMES),
+) -> keras.Model:
+    """Build a ``keras.applications`` backbone with a new classification head.
+
+    Both backbones include their own input scaling, so they take 0-255 like the small CNN.
+
+    Args:
+        backbone: ``efficientnet_b0`` or ``mobilenet_v3_small``.
+        image_size: side of the square input, in pixels.
+        weights: ``none``, ``imagenet`` or a weights file path (see :func:`resolve_weights`).
+        num_classes: number of output logits.
+
+    Returns:
+        An uncompiled Keras model, input float32 0-255, output logits.
+    """
+    resolved = resolve_weights(weights)
+    shape = (image_size, image_size, 3)
+    if backbone == "efficientnet_b0":
+        base = keras.applications.EfficientNetB0(
+            include_top=False, weights=resolved, input_shape=shape, pooling="avg"
+        )
+    elif backbone == "mobilenet_v3_small":
+        base = keras.applications.MobileNetV3Small(
+            include_top=False,
+            weights=resolved,
+            input_shape=shape,
+            pooling="avg",
+            include_preprocessing=True,
+        )
+    else:
+        raise ValueError(f"backbone={backbone!r} is unknown; use one of {', '.join(BACKBONES)}")
+    inputs = keras.Input(shape, name="image")
+    x = base(inputs)
+    x = layers.Dropout(0.2, name="dropout")(x)
+    x = layers.Dense(128, activation="relu", name=EMBEDDING_LAYER)(x)
+    logits = layers.Dense(num_classes, name=LOGITS_LAYER)(x)
+    return keras.Model(inputs, logits, name=backbone)
+
+
+def build_network(
+    backbone: str = "small_cnn",
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    weights: str | None = None,
+    num_classes: int = len(CLASS_NAMES),
+) -> keras.Model:
+    """Build the network named by ``backbone``.
+
+    Args:
+        backbone: one of :data:`BACKBONES`.
+        image_size: side of the square input, in pixels.
+        weights: for ``keras.applications`` backbones: ``none``, ``imagenet`` or a
+            weights file; for ``small_cnn``, ``none`` or a file saved by Keras.
+        num_classes: number of output logits.
+
+    Returns:
+        An uncompiled Keras model.
+    """
+    if backbone == "small_cnn":
+        model = build_small_cnn(image_size, num_classes)
+        resolved = resolve_weights(weights)
+        if resolved == "imagenet":
+            raise ValueError("backbone=small_cnn has no ImageNet weights; use weights=none")
+        if resolved:
+            model.load_weights(resolved)
+        return model
+    return build_backbone_network(backbone, image_size, weights, num_classes)
+
+
+def build_embedding_model(network: keras.Model) -> keras.Model:
+    """Return a model with two outputs, ``(logits, embedding)``, sharing ``network``'s layers."""
+    embedding = network.get_layer(EMBEDDING_LAYER).output
+    return keras.Model(
+        network.inputs, [network.output, embedding], name=f"{network.name}_with_embedding"
+    )

@@ -1,0 +1,315 @@
+"""The one preprocessing path: encoded image → validated RGB array at the model's input size.
+
+Training (``eye_model.data``) and serving (``eye_model.pyfunc``) both call
+:func:`decode_image`, so the two can never preprocess differently.
+
+Decoding uses Pillow, which releases the GIL while it decodes, so a thread
+pool can decode several images while the network runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+import re
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, ImageStat
+
+from eye_model.config import DEFAULT_IMAGE_SIZE, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+
+#: Smallest accepted side of a source image, in pixels.
+MIN_SIDE = 16
+
+#: Widest accepted aspect ratio (long side / short side) of a source image.
+MAX_ASPECT_RATIO = 5.0
+
+#: Names of the image statistics computed by :func:`compute_image_stats`.
+IMAGE_STAT_NAMES: tuple[str, ...] = (
+    "img_brightness",
+    "img_contrast",
+    "img_sharpness",
+    "img_mean_r",
+    "img_mean_g",
+    "img_mean_b",
+)
+
+_DATA_URI = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
+_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+_EXIF_ORIENTATION = 0x0112
+
+# A truncated file must be an error, never a silently grey-filled image.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; the message names the problem and the fix."""
+
+
+@dataclass
+class FundusImage:
+    """A decoded image ready for the network, with what was learnt about its source.
+
+    Attributes:
+        pixels: uint8 array of shape (image_size, image_size, 3), RGB.
+        width: source width in pixels (after EXIF orientation).
+        height: source height in pixels (after EXIF orientation).
+        format: source format as Pillow names it ("JPEG", "PNG", ...).
+        mode: source colour mode as Pillow names it ("RGB", "CMYK", "I;16", ...).
+        byte_size: size of the encoded source, in bytes.
+    """
+
+    pixels: np.ndarray
+    width: int
+    height: int
+    format: str
+    mode: str
+    byte_size: int
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def metadata(self) -> dict[str, object]:
+        """Return the image metadata that may be logged: no pixels, no bytes, no names."""
+        return {
+            "img_width": self.width,
+            "img_height": self.height,
+            "img_format": self.format,
+            "img_mode": self.mode,
+            "img_bytes": self.byte_size,
+            **self.stats,
+        }
+
+
+def to_image_bytes(value: object, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """Turn one ``image`` cell into the encoded file's bytes.
+
+    Args:
+        value: base64 text (optionally a ``data:`` URI), or bytes.
+        max_bytes: the largest encoded image accepted, in bytes.
+
+    Returns:
+        The encoded image file.
+
+    Raises:
+        ImageError: for a missing value, a wrong type, invalid base64 or an oversized file.
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        raise ImageError("image is empty (null); send the image file's bytes, base64-encoded")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+    elif isinstance(value, str):
+        text = _DATA_URI.sub("", value.strip(), count=1)
+        if len(text) > max_bytes * 4 // 3 + 4:
+            raise ImageError(
+                f"image is about {len(text) * 3 // 4:,} bytes, above the {max_bytes:,} byte "
+                "limit; resize it or raise EYE_MODEL_MAX_BYTES"
+            )
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            # Base64 split over lines is common (the `base64` tool wraps at 76 columns).
+            try:
+                data = base64.b64decode("".join(text.split()), validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise ImageError(
+                    f"image is not valid base64 ({exc}); send the file's bytes base64-encoded "
+                    "(for example `base64 -w0 photo.jpg`)"
+                ) from None
+    else:
+        raise ImageError(
+            f"image is a {type(value).__name__}, not base64 text or bytes; "
+            "send the image file's bytes, base64-encoded"
+        )
+    if not data:
+        raise ImageError("image is empty (0 bytes); send the image file's bytes, base64-encoded")
+    if len(data) > max_bytes:
+        raise ImageError(
+            f"image is {len(data):,} bytes, above the {max_bytes:,} byte limit; "
+            "resize it or raise EYE_MODEL_MAX_BYTES"
+        )
+    return data
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """Open an image lazily and check its size from the header, before any pixel is decoded."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        match = _BOMB_PIXELS.search(str(exc))
+        pixels = int(match.group(1)) if match else 0
+        raise ImageError(
+            f"image has {pixels / 1e6:,.0f} MP, above the {max_pixels / 1e6:g} MP limit; "
+            "resize it or raise EYE_MODEL_MAX_PIXELS"
+        ) from None
+    except Image.UnidentifiedImageError:
+        kind = _describe_unknown(data)
+        raise ImageError(
+            f"image is not a readable image file ({kind}); send a JPEG, PNG, BMP, TIFF, WebP "
+            "or GIF fundus photograph"
+        ) from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(
+            f"image header is corrupt ({exc}); send the complete, unmodified image file"
+        ) from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageError(
+            f"image is {width}x{height} = {width * height / 1e6:,.0f} MP, above the "
+            f"{max_pixels / 1e6:g} MP limit; resize it or raise EYE_MODEL_MAX_PIXELS"
+        )
+    if min(width, height) < MIN_SIDE:
+        raise ImageError(
+            f"image is {width}x{height} px, below the {MIN_SIDE}x{MIN_SIDE} px minimum; "
+            "send the full fundus photograph"
+        )
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        raise ImageError(
+            f"image is {width}x{height} px, an aspect ratio above {MAX_ASPECT_RATIO:g}:1 "
+            "that no fundus camera produces; send the full, uncropped fundus photograph"
+        )
+    return image
+
+
+def _describe_unknown(data: bytes) -> str:
+    """Say what an unreadable payload looks like, without echoing it."""
+    head = data[:8]
+    if head.startswith(b"%PDF"):
+        return "it looks like a PDF document"
+    if head.startswith(b"PK\x03\x04"):
+        return "it looks like a ZIP archive"
+    try:
+        data[:256].decode("utf-8")
+    except UnicodeDecodeError:
+        return f"{len(data):,} bytes of unknown format"
+    return "it looks like text"
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB; transparency is laid on black, like the surround."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        array = np.asarray(image, dtype=np.float32)
+        top = float(array.max()) if array.size else 0.0
+        # 16-bit sources use the 0-65535 range, floats 0-1; wider ones are scaled by their maximum.
+        if mode == "F" and top <= 1.0:
+            scale = 255.0
+        else:
+            scale = 1.0 if top <= 255 else 255.0 / max(top, 65535.0)
+        return Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _fit_square(image: Image.Image, size: int) -> Image.Image:
+    """Letterbox onto a black square and resize to ``size`` x ``size``.
+
+    Fundus photos are a round field on black; padding keeps the field round
+    where stretching would squash it.
+    """
+    width, height = image.size
+    scale = size / max(width, height)
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    if (new_w, new_h) != (width, height):
+        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    if new_w == new_h == size:
+        return image
+    canvas = Image.new("RGB", (size, size))
+    canvas.paste(image, ((size - new_w) // 2, (size - new_h) // 2))
+    return canvas
+
+
+def decode_image(
+    value: object,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    with_stats: bool = True,
+) -> FundusImage:
+    """Decode one image into the network's input.
+
+    Args:
+        value: base64 text (optionally a ``data:`` URI) or the encoded file's bytes.
+            JPEG, PNG, BMP, TIFF, WebP and GIF (first frame) are read; any colour
+            mode becomes RGB; EXIF orientation is applied.
+        image_size: side of the square output, in pixels.
+        max_pixels: the largest source (width x height) accepted, checked from the
+            header before decoding so an oversized image costs no memory.
+        max_bytes: the largest encoded file accepted, in bytes.
+        with_stats: also compute :func:`compute_image_stats` on the output.
+
+    Returns:
+        The decoded image and its metadata.
+
+    Raises:
+        ImageError: for anything that is not a usable image; the message names
+            the problem and the fix.
+    """
+    data = to_image_bytes(value, max_bytes=max_bytes)
+    image = _open(data, max_pixels)
+    source_format = image.format or "unknown"
+    source_mode = image.mode
+    width, height = image.size
+    try:
+        if image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+            width, height = height, width
+        if image.format == "JPEG":
+            # DCT-domain downscaling: decode at 1/2, 1/4 or 1/8 scale, never below the target.
+            image.draft("RGB", (image_size, image_size))
+        image = ImageOps.exif_transpose(image)
+        image = _to_rgb(image)
+        image = _fit_square(image, image_size)
+        pixels = np.asarray(image, dtype=np.uint8)
+        stats = compute_image_stats(image) if with_stats else {}
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError) as exc:
+        raise ImageError(
+            f"image data is truncated or corrupt ({exc}); send the complete, unmodified file"
+        ) from None
+    return FundusImage(
+        pixels=pixels,
+        width=width,
+        height=height,
+        format=source_format,
+        mode=source_mode,
+        byte_size=len(data),
+        stats=stats,
+    )
+
+
+def compute_image_stats(pixels: np.ndarray | Image.Image) -> dict[str, float]:
+    """Summarise an RGB image for monitoring: no pixels leave this function.
+
+    Args:
+        pixels: uint8 array (H, W, 3) or an RGB Pillow image.
+
+    Returns:
+        ``img_brightness`` (mean luma, 0-255), ``img_contrast`` (standard deviation
+        of luma, 0-255), ``img_sharpness`` (variance of the 4-neighbour Laplacian
+        of luma), ``img_mean_r``/``_g``/``_b`` (channel means, 0-255).
+    """
+    image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels, "RGB")
+    gray = image.convert("L")
+    luma = np.asarray(gray, dtype=np.float32)
+    laplacian = (
+        luma[:-2, 1:-1] + luma[2:, 1:-1] + luma[1:-1, :-2] + luma[1:-1, 2:] - 4.0 * luma[1:-1, 1:-1]
+    )
+    colour = ImageStat.Stat(image)
+    gray_stat = ImageStat.Stat(gray)
+    return {
+        "img_brightness": float(gray_stat.mean[0]),
+        "img_contrast": float(gray_stat.stddev[0]),
+        "img_sharpness": float(laplacian.var()),
+        "img_mean_r": float(colour.mean[0]),
+        "img_mean_g": float(colour.mean[1]),
+        "img_mean_b": float(colour.mean[2]),
+    }

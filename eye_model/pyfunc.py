@@ -1,0 +1,488 @@
+"""The MLflow pyfunc model: ``EyeDiseaseClassifier``, its signature, and saving/logging it.
+
+The network runs through one compiled ``tf.function`` with a fixed input
+signature, called directly (``Model.predict`` adds a large fixed cost per call).
+Images are decoded by :func:`eye_model.preprocess.decode_image` in a thread pool
+that runs ahead of the network, so decoding overlaps the network's work.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types.schema import ColSpec, Schema
+
+from eye_model.config import CLASS_NAMES, PROB_COLUMNS, load_settings
+from eye_model.preprocess import FundusImage, ImageError, decode_image
+
+logger = logging.getLogger(__name__)
+
+#: Name of the input column holding base64 text or bytes.
+IMAGE_COLUMN = "image"
+#: Name of the optional input column echoed back in the output.
+IMAGE_ID_COLUMN = "image_id"
+#: Output columns, in order (``image_id`` first when the input had it).
+OUTPUT_COLUMNS: tuple[str, ...] = ("predicted_class", "confidence", *PROB_COLUMNS, "error")
+#: Images per network call.
+DEFAULT_BATCH_SIZE = 32
+#: Length of the reduced embedding kept for drift monitoring.
+EMBEDDING_DIMS = 8
+
+_NETWORK_ARTIFACT = "network"
+_CONFIG_ARTIFACT = "config"
+_REFERENCE_ARTIFACT = "reference_profile"
+
+
+@dataclass
+class ModelConfig:
+    """What the pyfunc needs besides the network weights (stored as ``config.json``).
+
+    Attributes:
+        image_size: side of the square network input, in pixels.
+        class_names: output classes, in logit order.
+        temperature: calibration temperature; probabilities are softmax(logits / temperature).
+        backbone: name of the network builder used.
+        embedding_mean: mean of the penultimate-layer embedding on the validation split.
+        embedding_projection: (embedding size x EMBEDDING_DIMS) PCA projection; empty = the
+            first EMBEDDING_DIMS components are kept.
+        extra: anything else worth keeping with the model (data description, metrics).
+    """
+
+    image_size: int
+    class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
+    temperature: float = 1.0
+    backbone: str = "small_cnn"
+    embedding_mean: list[float] = field(default_factory=list)
+    embedding_projection: list[list[float]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """Serialise to JSON text."""
+        return json.dumps(self.__dict__, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        """Read back what :meth:`to_json` wrote, ignoring keys from newer versions."""
+        raw = json.loads(text)
+        known = {key: raw[key] for key in cls.__dataclass_fields__ if key in raw}
+        return cls(**known)
+
+
+class NetworkRunner:
+    """The network compiled once for serving: uint8 images in, probabilities and embeddings out.
+
+    Thread-safe: the scoring server may call it from several threads at once.
+    """
+
+    def __init__(self, network: Any, config: ModelConfig) -> None:
+        import tensorflow as tf
+
+        from eye_model.network import build_embedding_model
+
+        self.image_size = config.image_size
+        dual = build_embedding_model(network)
+        temperature = tf.constant(float(config.temperature), tf.float32)
+        width = int(dual.outputs[1].shape[-1])
+        if config.embedding_projection:
+            projection = np.asarray(config.embedding_projection, np.float32)
+            mean = np.asarray(config.embedding_mean, np.float32)
+        else:
+            dims = min(EMBEDDING_DIMS, width)
+            projection = np.eye(width, dims, dtype=np.float32)
+            mean = np.zeros(width, np.float32)
+        projection_t = tf.constant(projection)
+        mean_t = tf.constant(mean)
+        spec = tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.uint8, name="images")
+
+        @tf.function(input_signature=[spec])
+        def run(images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            logits, embedding = dual(tf.cast(images, tf.float32), training=False)
+            probabilities = tf.nn.softmax(logits / temperature, axis=-1)
+            return probabilities, tf.matmul(embedding - mean_t, projection_t)
+
+        self._run = run
+        self._tf = tf
+
+    def warm_up(self) -> None:
+        """Trace and run the function once, so the first request is not slow."""
+        self.run(np.zeros((1, self.image_size, self.image_size, 3), np.uint8))
+
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Score a batch.
+
+        Args:
+            images: uint8 array (n, size, size, 3).
+
+        Returns:
+            Probabilities (n, classes) as float64 summing to 1, and reduced embeddings
+            (n, EMBEDDING_DIMS) as float32.
+        """
+        probabilities, embedding = self._run(self._tf.convert_to_tensor(images))
+        probabilities = probabilities.numpy().astype(np.float64)
+        # Renormalise in float64 so a client's sum check holds to 1e-9.
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        return probabilities, embedding.numpy()
+
+
+@dataclass
+class ScoredImage:
+    """Everything learnt about one input row; the pyfunc output is a projection of it.
+
+    Holds no pixels and no bytes once scored, so it can be handed to telemetry.
+    """
+
+    index: int
+    image: FundusImage | None = None
+    error: str | None = None
+    probabilities: np.ndarray | None = None
+    embedding: np.ndarray | None = None
+    decode_ms: float = 0.0
+    network_ms: float = 0.0
+
+    @property
+    def inference_ms(self) -> float:
+        """Time spent on this image: its decode plus its share of the network call, in ms."""
+        return self.decode_ms + self.network_ms
+
+
+def _decode_row(
+    index: int, value: object, image_size: int, max_pixels: int, max_bytes: int
+) -> ScoredImage:
+    start = time.perf_counter()
+    try:
+        image = decode_image(value, image_size, max_pixels=max_pixels, max_bytes=max_bytes)
+        scored = ScoredImage(index=index, image=image)
+    except ImageError as exc:
+        scored = ScoredImage(index=index, error=str(exc))
+    except Exception as exc:  # a decoder bug must cost one row, never the batch
+        logger.exception("unexpected error while decoding row %d", index)
+        scored = ScoredImage(
+            index=index, error=f"image could not be decoded ({type(exc).__name__})"
+        )
+    scored.decode_ms = (time.perf_counter() - start) * 1000.0
+    return scored
+
+
+class EyeDiseaseClassifier(mlflow.pyfunc.PythonModel):
+    """Classifies fundus photographs into cataract, diabetic_retinopathy, glaucoma, normal.
+
+    Input: a DataFrame with a column ``image`` holding each image file as base64
+    text (a ``data:`` URI prefix is accepted) or as bytes, and optionally a column
+    ``image_id`` that is echoed back.
+
+    Output: one row per input row, in the same order, with ``image_id`` (when
+    given), ``predicted_class``, ``confidence`` (0-1, the probability of the
+    predicted class), ``prob_cataract``, ``prob_diabetic_retinopathy``,
+    ``prob_glaucoma``, ``prob_normal`` (0-1, summing to 1) and ``error`` (null,
+    or a message naming the problem and the fix; the class and probabilities
+    are then null). A bad row never fails the other rows.
+    """
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        """Load the network and its config, compile and warm it up, start the decode pool."""
+        import keras
+
+        config_path = Path(context.artifacts[_CONFIG_ARTIFACT])
+        self.config = ModelConfig.from_json(config_path.read_text())
+        network = keras.saving.load_model(context.artifacts[_NETWORK_ARTIFACT], compile=False)
+        self.runner = NetworkRunner(network, self.config)
+        self.runner.warm_up()
+        settings = load_settings()
+        self.max_pixels = settings.max_pixels
+        self.max_bytes = settings.max_bytes
+        self.batch_size = int(os.environ.get("EYE_MODEL_BATCH_SIZE", DEFAULT_BATCH_SIZE))
+        threads = int(os.environ.get("EYE_MODEL_DECODE_THREADS", 0)) or min(8, os.cpu_count() or 2)
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="eye-model-decode")
+        self._pool_lock = threading.Lock()
+
+    # -- scoring --------------------------------------------------------------------------
+
+    def _decode_ahead(self, values: list[object]) -> Iterator[ScoredImage]:
+        """Yield decoded rows in order while the pool decodes up to three batches ahead."""
+        size = self.config.image_size
+        pending: collections.deque[Future[ScoredImage]] = collections.deque()
+        items = iter(enumerate(values))
+        limit = self.batch_size * 3
+        for index, value in items:
+            pending.append(
+                self._pool.submit(_decode_row, index, value, size, self.max_pixels, self.max_bytes)
+            )
+            if len(pending) >= limit:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+    def _score_batch(self, batch: list[ScoredImage]) -> None:
+        start = time.perf_counter()
+        try:
+            pixels = np.stack([row.image.pixels for row in batch])
+            probabilities, embedding = self.runner.run(pixels)
+        except Exception as exc:  # a network failure costs this batch, never the request
+            logger.exception("network failed on a batch of %d images", len(batch))
+            for row in batch:
+                row.error = f"the model failed on this image ({type(exc).__name__}); retry later"
+            return
+        share = (time.perf_counter() - start) * 1000.0 / len(batch)
+        for row, prob, emb in zip(batch, probabilities, embedding, strict=True):
+            row.probabilities = prob
+            row.embedding = emb
+            row.network_ms = share
+            row.image.pixels = None  # nothing of the image is kept past this point
+
+    def score_images(self, values: Iterable[object]) -> list[ScoredImage]:
+        """Decode and score images, one :class:`ScoredImage` per value, in order.
+
+        Args:
+            values: base64 text or bytes, one per image.
+
+        Returns:
+            The scored rows; a bad image gets ``error`` and no probabilities.
+        """
+        rows: list[ScoredImage] = []
+        batch: list[ScoredImage] = []
+        for row in self._decode_ahead(list(values)):
+            rows.append(row)
+            if row.error is None:
+                batch.append(row)
+                if len(batch) >= self.batch_size:
+                    self._score_batch(batch)
+                    batch = []
+        if batch:
+            self._score_batch(batch)
+        return rows
+
+    def predict(
+        self,
+        context: mlflow.pyfunc.PythonModelContext | None,
+        model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,
+    ) -> pd.DataFrame:
+        """Score a DataFrame of images; see the class docstring for the schemas."""
+        frame = _as_frame(model_input)
+        rows = self.score_images(frame[IMAGE_COLUMN].tolist())
+        output = build_output_frame(rows, self.config.class_names)
+        if IMAGE_ID_COLUMN in frame.columns:
+            output.insert(0, IMAGE_ID_COLUMN, frame[IMAGE_ID_COLUMN].to_numpy())
+        return output
+
+
+def _as_frame(model_input: object) -> pd.DataFrame:
+    """Accept a DataFrame (or a dict / list of records) that has an ``image`` column."""
+    if isinstance(model_input, pd.DataFrame):
+        frame = model_input
+    elif isinstance(model_input, (dict, list)):
+        frame = pd.DataFrame(model_input)
+    else:
+        raise MlflowException(
+            f"expected a DataFrame with a column '{IMAGE_COLUMN}', "
+            f"got {type(model_input).__name__}",
+            error_code=INVALID_PARAMETER_VALUE,
+        )
+    if IMAGE_COLUMN not in frame.columns:
+        raise MlflowException(
+            f"the input has no column '{IMAGE_COLUMN}' (columns: {list(map(str, frame.columns))}); "
+            f"send each image, base64-encoded, in a column named '{IMAGE_COLUMN}'",
+            error_code=INVALID_PARAMETER_VALUE,
+        )
+    return frame
+
+
+def build_output_frame(rows: list[ScoredImage], class_names: list[str]) -> pd.DataFrame:
+    """Project scored rows onto the output columns; failed rows get nulls and an error.
+
+    Columns are float64 when every row was scored, and object columns holding
+    floats and None otherwise, so that JSON carries ``null`` (never ``NaN``).
+    """
+    n = len(rows)
+    probabilities = np.full((n, len(class_names)), np.nan)
+    errors: list[str | None] = [None] * n
+    for i, row in enumerate(rows):
+        if row.probabilities is not None and row.error is None:
+            probabilities[i] = row.probabilities
+        else:
+            errors[i] = row.error or "the image was not scored"
+    ok = ~np.isnan(probabilities[:, 0])
+    top = np.argmax(np.nan_to_num(probabilities, nan=-1.0), axis=1)
+    names = np.asarray(class_names, dtype=object)[top]
+    names[~ok] = None
+    # dtype=object keeps None as None: pandas 3 would otherwise infer str with NaN.
+    columns: dict[str, Any] = {
+        "predicted_class": pd.Series(names, dtype=object),
+        "confidence": probabilities.max(axis=1, initial=-np.inf, where=~np.isnan(probabilities)),
+    }
+    for k, column in enumerate(f"prob_{name}" for name in class_names):
+        columns[column] = probabilities[:, k]
+    columns["error"] = pd.Series(errors, dtype=object)
+    frame = pd.DataFrame(columns)
+    if not ok.all():
+        for column in ("confidence", *(f"prob_{name}" for name in class_names)):
+            values = frame[column].astype(object)
+            values[~ok] = None
+            frame[column] = values
+    return frame
+
+
+# -- signature, saving and logging ---------------------------------------------------------
+
+
+def build_signature() -> ModelSignature:
+    """The signature: ``image`` (string) and optional ``image_id`` in; the output columns out."""
+    inputs = Schema(
+        [
+            ColSpec("string", IMAGE_COLUMN),
+            ColSpec("string", IMAGE_ID_COLUMN, required=False),
+        ]
+    )
+    outputs = Schema(
+        [
+            ColSpec("string", IMAGE_ID_COLUMN, required=False),
+            ColSpec("string", "predicted_class", required=False),
+            ColSpec("double", "confidence", required=False),
+            *(ColSpec("double", column, required=False) for column in PROB_COLUMNS),
+            ColSpec("string", "error", required=False),
+        ]
+    )
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def build_input_example(image_size: int = 64) -> pd.DataFrame:
+    """A one-row input example: a small synthetic fundus-like JPEG, base64-encoded."""
+    import base64
+    import io
+
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (image_size, image_size))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((2, 2, image_size - 3, image_size - 3), fill=(190, 80, 40))
+    third = image_size // 3
+    draw.ellipse((2 * third - 6, third, 2 * third + 2, third + 8), fill=(240, 220, 150))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return pd.DataFrame({IMAGE_COLUMN: [encoded], IMAGE_ID_COLUMN: ["example-1"]})
+
+
+def pip_requirements() -> list[str]:
+    """Pinned requirements of the serving environment (``--env-manager virtualenv``)."""
+    import keras
+    import PIL
+    import tensorflow as tf
+
+    return [
+        f"mlflow=={mlflow.__version__}",
+        f"tensorflow=={tf.__version__}",
+        f"keras=={keras.__version__}",
+        f"pillow=={PIL.__version__}",
+        f"numpy=={np.__version__}",
+        f"pandas=={pd.__version__}",
+    ]
+
+
+def _write_artifacts(
+    folder: Path,
+    network: Any,
+    config: ModelConfig,
+    reference_profile: pd.DataFrame | None,
+) -> dict[str, str]:
+    network_path = folder / "network.keras"
+    network.save(network_path)
+    config_path = folder / "config.json"
+    config_path.write_text(config.to_json())
+    artifacts = {_NETWORK_ARTIFACT: str(network_path), _CONFIG_ARTIFACT: str(config_path)}
+    if reference_profile is not None:
+        reference_path = folder / "reference_profile.parquet"
+        reference_profile.to_parquet(reference_path, index=False)
+        artifacts[_REFERENCE_ARTIFACT] = str(reference_path)
+    return artifacts
+
+
+def _code_path() -> str:
+    return str(Path(__file__).resolve().parent)
+
+
+def log_model(
+    network: Any,
+    config: ModelConfig,
+    *,
+    name: str = "model",
+    reference_profile: pd.DataFrame | None = None,
+    registered_model_name: str | None = None,
+) -> mlflow.models.model.ModelInfo:
+    """Log the classifier to the active run (one is started if none is active).
+
+    Args:
+        network: the Keras network (input float32 0-255, output logits).
+        config: the model config.
+        name: the model's name in the run (``runs:/<run_id>/<name>``).
+        reference_profile: per-image validation profile for the drift monitor.
+        registered_model_name: also register it under this name.
+
+    Returns:
+        MLflow's ModelInfo of the logged model.
+    """
+    with tempfile.TemporaryDirectory(prefix="eye-model-") as tmp:
+        artifacts = _write_artifacts(Path(tmp), network, config, reference_profile)
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=EyeDiseaseClassifier(),
+            artifacts=artifacts,
+            code_paths=[_code_path()],
+            signature=build_signature(),
+            input_example=build_input_example(),
+            pip_requirements=pip_requirements(),
+            registered_model_name=registered_model_name,
+        )
+
+
+def save_model(
+    path: str | Path,
+    network: Any,
+    config: ModelConfig,
+    *,
+    reference_profile: pd.DataFrame | None = None,
+) -> Path:
+    """Save the classifier as an MLflow model folder (servable with ``mlflow models serve -m``).
+
+    Args:
+        path: the folder to create; it must not exist, or be empty.
+        network: the Keras network.
+        config: the model config.
+        reference_profile: per-image validation profile for the drift monitor.
+
+    Returns:
+        The model folder.
+    """
+    path = Path(path)
+    if path.exists() and not any(path.iterdir()):
+        shutil.rmtree(path)
+    with tempfile.TemporaryDirectory(prefix="eye-model-") as tmp:
+        artifacts = _write_artifacts(Path(tmp), network, config, reference_profile)
+        mlflow.pyfunc.save_model(
+            path=str(path),
+            python_model=EyeDiseaseClassifier(),
+            artifacts=artifacts,
+            code_paths=[_code_path()],
+            signature=build_signature(),
+            input_example=build_input_example(),
+            pip_requirements=pip_requirements(),
+        )
+    return path

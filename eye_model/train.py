@@ -1,0 +1,325 @@
+"""Training: data → network → calibration → reference profile → logged pyfunc → evaluation.
+
+Runs log to ``MLFLOW_EXPERIMENT_NAME`` with the tag ``role=training``. Under
+``mlflow run`` the run created by MLflow is used (``MLFLOW_RUN_ID``).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from eye_model.config import CLASS_NAMES, PROB_COLUMNS, load_settings
+from eye_model.data import ImageSet, class_weights, load_dataset, make_tf_dataset
+from eye_model.evaluate import (
+    calibrated_probabilities,
+    classification_metrics,
+    expected_calibration_error,
+    fit_temperature,
+    plot_confusion_matrix,
+    plot_reliability,
+    plot_roc_curves,
+    plot_training_curves,
+)
+from eye_model.pyfunc import EMBEDDING_DIMS, ModelConfig, NetworkRunner, log_model
+
+logger = logging.getLogger(__name__)
+
+#: Version of the synthetic cache layout; bump it when the generator changes.
+SYNTHETIC_CACHE_VERSION = "v1"
+
+
+@dataclass
+class TrainConfig:
+    """Parameters of the ``train`` entry point (the MLproject names).
+
+    Attributes:
+        data_dir: ImageFolder dataset root; empty → a generated synthetic set.
+        synthetic_per_class: images per class of the synthetic set.
+        image_size: side of the square network input, in pixels.
+        backbone: ``small_cnn``, ``efficientnet_b0`` or ``mobilenet_v3_small``.
+        weights: ``none``, ``imagenet`` or a weights file.
+        epochs: most epochs to train (early stopping may end sooner).
+        batch_size: images per training step.
+        learning_rate: Adam's learning rate.
+        seed: seed of data generation, split, initialisation and augmentation.
+        register_as: register the model under this name; empty → do not register.
+    """
+
+    data_dir: str = ""
+    synthetic_per_class: int = 300
+    image_size: int = 224
+    backbone: str = "small_cnn"
+    weights: str = "none"
+    epochs: int = 15
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    seed: int = 42
+    register_as: str = ""
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    run_id: str
+    model_uri: str
+    metrics: dict[str, float]
+    registered_version: str | None = None
+
+
+def synthetic_cache_dir(per_class: int, image_size: int, seed: int) -> Path:
+    """Folder of the cached synthetic set (``EYE_MODEL_CACHE`` or ``~/.cache/eye-model``)."""
+    root = Path(os.environ.get("EYE_MODEL_CACHE") or Path.home() / ".cache" / "eye-model")
+    name = f"synthetic-{SYNTHETIC_CACHE_VERSION}-n{per_class}-s{image_size}-seed{seed}"
+    return root / name
+
+
+def synthetic_source_size(image_size: int) -> int:
+    """Side of generated images: above the input size, as real photos are (at least 256 px)."""
+    return max(256, int(image_size * 1.5) // 8 * 8)
+
+
+def prepare_synthetic_data(per_class: int, image_size: int, seed: int) -> Path:
+    """Generate the synthetic set once into the cache folder and return it."""
+    from eye_model.synthetic import generate_dataset
+
+    source_size = synthetic_source_size(image_size)
+    folder = synthetic_cache_dir(per_class, source_size, seed)
+    done = folder / ".complete"
+    if not done.exists():
+        logger.info("generating %d synthetic images per class into %s", per_class, folder)
+        generate_dataset(folder, per_class=per_class, image_size=source_size, seed=seed)
+        done.write_text("ok\n")
+    return folder
+
+
+class _EpochLogger:
+    """Keras callback logging each epoch's metrics to the active MLflow run."""
+
+    def __new__(cls):
+        import keras
+
+        class EpochLogger(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+                metrics = {f"epoch_{k}": float(v) for k, v in (logs or {}).items()}
+                mlflow.log_metrics(metrics, step=epoch + 1)
+
+        return EpochLogger()
+
+
+def _logits_and_embeddings(network: Any, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from eye_model.network import build_embedding_model
+
+    dual = build_embedding_model(network)
+    logits, embedding = [], []
+    for start in range(0, len(pixels), 64):
+        out_logits, out_embedding = dual(
+            pixels[start : start + 64].astype(np.float32), training=False
+        )
+        logits.append(np.asarray(out_logits))
+        embedding.append(np.asarray(out_embedding))
+    return np.concatenate(logits), np.concatenate(embedding)
+
+
+def fit_embedding_projection(
+    embedding: np.ndarray, dims: int = EMBEDDING_DIMS
+) -> tuple[np.ndarray, np.ndarray]:
+    """PCA of embeddings: the mean and the (width x dims) projection onto the top components."""
+    mean = embedding.mean(axis=0)
+    _, _, vt = np.linalg.svd(embedding - mean, full_matrices=False)
+    projection = vt[: min(dims, vt.shape[0])].T
+    if projection.shape[1] < dims:  # fewer samples than dims: pad with zero columns
+        projection = np.pad(projection, ((0, 0), (0, dims - projection.shape[1])))
+    return mean.astype(np.float32), projection.astype(np.float32)
+
+
+def build_reference_profile(runner: NetworkRunner, images: ImageSet) -> pd.DataFrame:
+    """Per-image profile of held-out data, in the columns the serving side logs.
+
+    Columns: ``label``, ``predicted_class``, ``confidence``, ``prob_<class>``, the image
+    statistics and ``emb_0`` … ``emb_7``. No pixels, no file names.
+    """
+    probabilities, embedding = [], []
+    for start in range(0, len(images), 64):
+        p, e = runner.run(images.pixels[start : start + 64])
+        probabilities.append(p)
+        embedding.append(e)
+    probs = np.concatenate(probabilities)
+    emb = np.concatenate(embedding)
+    frame = pd.DataFrame(probs, columns=list(PROB_COLUMNS))
+    frame.insert(0, "confidence", probs.max(axis=1))
+    frame.insert(0, "predicted_class", np.asarray(CLASS_NAMES)[probs.argmax(axis=1)])
+    frame.insert(0, "label", np.asarray(CLASS_NAMES)[images.labels])
+    frame = pd.concat([frame, images.stats.reset_index(drop=True)], axis=1)
+    for k in range(emb.shape[1]):
+        frame[f"emb_{k}"] = emb[:, k]
+    return frame
+
+
+def _log_figure(fig: Any, name: str) -> None:
+    import matplotlib.pyplot as plt
+
+    mlflow.log_figure(fig, name)
+    plt.close(fig)
+
+
+def _score_through_pyfunc(model_uri: str, images: ImageSet) -> pd.DataFrame:
+    """Score source files with the logged model, as a client of the REST API would."""
+    model = mlflow.pyfunc.load_model(model_uri)
+    encoded = [base64.b64encode(Path(p).read_bytes()).decode("ascii") for p in images.sources]
+    return model.predict(pd.DataFrame({"image": encoded}))
+
+
+def run_training(config: TrainConfig) -> TrainResult:
+    """Train, calibrate, profile, log and evaluate one model.
+
+    Args:
+        config: the entry point's parameters.
+
+    Returns:
+        The run id, the logged model's URI, the test metrics and the registered version.
+    """
+    import keras
+
+    from eye_model.network import build_network
+
+    settings = load_settings()
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    if not os.environ.get("MLFLOW_RUN_ID"):
+        mlflow.set_experiment(settings.experiment_name)
+    data_dir = config.data_dir.strip()
+    synthetic = not data_dir
+    if synthetic:
+        data_dir = str(
+            prepare_synthetic_data(config.synthetic_per_class, config.image_size, config.seed)
+        )
+    dataset = load_dataset(data_dir, config.image_size, seed=config.seed)
+
+    with mlflow.start_run() as run:
+        mlflow.set_tags(
+            {
+                "role": "training",
+                "data.source": "synthetic" if synthetic else "folder",
+                "backbone": config.backbone,
+            }
+        )
+        mlflow.log_params(asdict(config) | {"data_dir": "(synthetic)" if synthetic else "(folder)"})
+        mlflow.log_params(
+            {
+                "data.train": len(dataset.train),
+                "data.validation": len(dataset.validation),
+                "data.test": len(dataset.test),
+                "data.skipped_unreadable": dataset.skipped_unreadable,
+                "data.skipped_duplicates": dataset.skipped_duplicates,
+            }
+        )
+        mlflow.log_dict(dataset.description, "data_description.json")
+
+        keras.utils.set_random_seed(config.seed)
+        network = build_network(config.backbone, config.image_size, config.weights)
+        network.compile(
+            optimizer=keras.optimizers.Adam(config.learning_rate),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        train_ds = make_tf_dataset(
+            dataset.train, batch_size=config.batch_size, training=True, seed=config.seed
+        )
+        val_ds = make_tf_dataset(dataset.validation, batch_size=64, training=False)
+        callbacks = [
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=4, restore_best_weights=True
+            ),
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=0.5, patience=2, min_lr=1e-5
+            ),
+            _EpochLogger(),
+        ]
+        start = time.perf_counter()
+        history = network.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=config.epochs,
+            class_weight=class_weights(dataset.train.labels),
+            callbacks=callbacks,
+            verbose=2,
+        )
+        train_seconds = time.perf_counter() - start
+        epochs_run = len(history.history["loss"])
+        mlflow.log_metrics(
+            {
+                "train_seconds": train_seconds,
+                "epochs_run": epochs_run,
+                "train_images_per_second": len(dataset.train) * epochs_run / train_seconds,
+            }
+        )
+        _log_figure(plot_training_curves(history.history), "plots/training_curves.png")
+
+        # Calibration on the validation split, judged on the test split.
+        val_logits, val_embedding = _logits_and_embeddings(network, dataset.validation.pixels)
+        temperature = fit_temperature(val_logits, dataset.validation.labels)
+        test_logits, _ = _logits_and_embeddings(network, dataset.test.pixels)
+        before = calibrated_probabilities(test_logits, 1.0)
+        after = calibrated_probabilities(test_logits, temperature)
+        mlflow.log_metrics(
+            {
+                "temperature": temperature,
+                "test_ece_uncalibrated": expected_calibration_error(before, dataset.test.labels),
+                "test_ece": expected_calibration_error(after, dataset.test.labels),
+            }
+        )
+        _log_figure(plot_reliability(dataset.test.labels, before, after), "plots/reliability.png")
+
+        mean, projection = fit_embedding_projection(val_embedding)
+        model_config = ModelConfig(
+            image_size=config.image_size,
+            temperature=temperature,
+            backbone=config.backbone,
+            embedding_mean=mean.tolist(),
+            embedding_projection=projection.tolist(),
+            extra={"data": dataset.description, "synthetic": synthetic},
+        )
+        runner = NetworkRunner(network, model_config)
+        reference = build_reference_profile(runner, dataset.validation)
+        with tempfile.TemporaryDirectory() as tmp:
+            reference.to_parquet(Path(tmp) / "reference_profile.parquet", index=False)
+            mlflow.log_artifact(str(Path(tmp) / "reference_profile.parquet"))
+        info = log_model(network, model_config, reference_profile=reference)
+        model_uri = f"runs:/{run.info.run_id}/model"
+
+        # Evaluation of the logged model, end to end from the image files.
+        scored = _score_through_pyfunc(info.model_uri, dataset.test)
+        probabilities = scored[list(PROB_COLUMNS)].to_numpy(dtype=float)
+        metrics = classification_metrics(dataset.test.labels, probabilities)
+        metrics["test_ece"] = expected_calibration_error(probabilities, dataset.test.labels)
+        mlflow.log_metrics(metrics)
+        labels_text = np.asarray(CLASS_NAMES)[dataset.test.labels]
+        mlflow.models.evaluate(
+            data=pd.DataFrame({"label": labels_text, "prediction": scored["predicted_class"]}),
+            targets="label",
+            predictions="prediction",
+            model_type="classifier",
+        )
+        predicted = probabilities.argmax(axis=1)
+        _log_figure(
+            plot_confusion_matrix(dataset.test.labels, predicted), "plots/confusion_matrix.png"
+        )
+        _log_figure(plot_roc_curves(dataset.test.labels, probabilities), "plots/roc_curves.png")
+
+        registered = None
+        if config.register_as.strip():
+            from eye_model.registry import register_model
+
+            registered = register_model(model_uri, config.register_as.strip()).version
+    return TrainResult(run.info.run_id, model_uri, metrics, registered)

@@ -1,0 +1,183 @@
+"""The shared preprocessing: the bad-input corpus, modes, orientation, limits, speed path."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from eye_model.preprocess import (
+    IMAGE_STAT_NAMES,
+    ImageError,
+    compute_image_stats,
+    decode_image,
+    to_image_bytes,
+)
+from tests.helpers import b64, draw_fundus_like, encode, jpeg_with_orientation, png_header_only
+
+SIZE = 64
+FUNDUS = draw_fundus_like(320, seed=3)
+JPEG = encode(FUNDUS, "JPEG", quality=90)
+
+
+def _animated_gif() -> bytes:
+    frames = [draw_fundus_like(96, seed=s).convert("P") for s in range(3)]
+    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
+
+
+def _palette_png_with_transparency() -> bytes:
+    image = FUNDUS.convert("P")
+    return encode(image, "PNG", transparency=0)
+
+
+def _sixteen_bit_png() -> bytes:
+    gray = (np.asarray(FUNDUS.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    return encode(Image.fromarray(gray), "PNG")
+
+
+def _float_tiff() -> bytes:
+    gray = np.asarray(FUNDUS.convert("L"), dtype=np.float32) / 255.0
+    return encode(Image.fromarray(gray), "TIFF")
+
+
+def _corrupt_png() -> bytes:
+    data = bytearray(encode(FUNDUS, "PNG"))
+    middle = len(data) // 2
+    data[middle : middle + 64] = b"\x00" * 64
+    return bytes(data)
+
+
+# (case name, input value, None for a valid prediction or a substring of the expected error)
+CORPUS: list[tuple[str, object, str | None]] = [
+    ("jpeg_base64", b64(JPEG), None),
+    ("jpeg_bytes", JPEG, None),
+    ("jpeg_data_uri", "data:image/jpeg;base64," + b64(JPEG), None),
+    ("base64_with_newlines", base64.encodebytes(JPEG).decode("ascii"), None),
+    ("png_rgb", b64(encode(FUNDUS, "PNG")), None),
+    ("png_rgba", b64(encode(FUNDUS.convert("RGBA"), "PNG")), None),
+    ("png_la", b64(encode(FUNDUS.convert("LA"), "PNG")), None),
+    ("png_bilevel", b64(encode(FUNDUS.convert("1"), "PNG")), None),
+    ("png_16bit_gray", b64(_sixteen_bit_png()), None),
+    ("png_palette_transparency", b64(_palette_png_with_transparency()), None),
+    ("jpeg_grayscale", b64(encode(FUNDUS.convert("L"), "JPEG")), None),
+    ("jpeg_cmyk", b64(encode(FUNDUS.convert("CMYK"), "JPEG")), None),
+    ("jpeg_progressive", b64(encode(FUNDUS, "JPEG", progressive=True)), None),
+    ("jpeg_exif_rotated", b64(jpeg_with_orientation(FUNDUS, 6)), None),
+    ("gif_palette", b64(encode(FUNDUS.convert("P"), "GIF")), None),
+    ("gif_animated", b64(_animated_gif()), None),
+    ("bmp", b64(encode(FUNDUS, "BMP")), None),
+    ("tiff", b64(encode(FUNDUS, "TIFF")), None),
+    ("tiff_float", b64(_float_tiff()), None),
+    ("webp", b64(encode(FUNDUS, "WEBP", quality=80)), None),
+    ("smallest_accepted_16px", b64(encode(FUNDUS.resize((16, 16)), "PNG")), None),
+    ("truncated_jpeg", b64(JPEG[: len(JPEG) // 2]), "truncated or corrupt"),
+    ("jpeg_header_only", b64(JPEG[:120]), "corrupt"),
+    ("corrupt_png", b64(_corrupt_png()), "corrupt"),
+    ("random_bytes", b64(np.random.default_rng(0).bytes(2048)), "not a readable image"),
+    ("empty_string", "", "empty"),
+    ("whitespace_only", "   ", "empty"),
+    ("empty_bytes", b"", "empty"),
+    ("invalid_base64", "this is not base64!!", "not valid base64"),
+    ("pdf_bytes", b64(b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF"), "PDF"),
+    ("zip_bytes", b64(b"PK\x03\x04" + b"\x00" * 64), "ZIP"),
+    ("plain_text", b64(b"hello, this is a text file and not an image"), "looks like text"),
+    ("html_text", b64(b"<html><body>fundus.jpg</body></html>"), "looks like text"),
+    ("one_pixel", b64(encode(Image.new("RGB", (1, 1)), "PNG")), "below the 16x16"),
+    ("bomb_png_20000", b64(png_header_only(20000, 20000)), "above the 40 MP limit"),
+    ("wide_strip", b64(encode(Image.new("RGB", (4000, 20)), "PNG")), "aspect ratio"),
+    ("null", None, r"empty \(null\)"),
+    ("nan", float("nan"), r"empty \(null\)"),
+    ("number", 42, "is a int"),
+    ("list", [1, 2, 3], "is a list"),
+]
+
+
+@pytest.mark.parametrize(("value", "expected"), [c[1:] for c in CORPUS], ids=[c[0] for c in CORPUS])
+def test_bad_input_corpus(value: object, expected: str | None) -> None:
+    if expected is None:
+        image = decode_image(value, SIZE)
+        assert image.pixels.shape == (SIZE, SIZE, 3)
+        assert image.pixels.dtype == np.uint8
+        # Every valid case holds the fundus picture: a bright field, not a blank canvas.
+        assert image.pixels.mean() > 20
+    else:
+        with pytest.raises(ImageError, match=expected) as info:
+            decode_image(value, SIZE)
+        # Every error says what to do, not only what went wrong.
+        assert any(word in str(info.value) for word in ("send", "resize", "use")), info.value
+
+
+def test_corpus_is_large_enough() -> None:
+    assert len(CORPUS) >= 30
+    assert sum(expected is not None for _, _, expected in CORPUS) >= 15
+
+
+def test_pixel_limit_is_configurable_and_checked_from_the_header() -> None:
+    data = encode(FUNDUS, "PNG")
+    with pytest.raises(ImageError, match=r"320x320 = 0 MP, above the 0.05 MP limit"):
+        decode_image(data, SIZE, max_pixels=50_000)
+    # The bomb is refused without decoding: 400 MP of RGB would be 1.2 GB.
+    with pytest.raises(ImageError, match="EYE_MODEL_MAX_PIXELS"):
+        decode_image(png_header_only(20000, 20000), SIZE)
+
+
+def test_byte_limit_names_the_setting() -> None:
+    with pytest.raises(ImageError, match="EYE_MODEL_MAX_BYTES"):
+        to_image_bytes(JPEG, max_bytes=1000)
+    with pytest.raises(ImageError, match="EYE_MODEL_MAX_BYTES"):
+        to_image_bytes(b64(JPEG), max_bytes=1000)
+
+
+def test_exif_orientation_is_applied() -> None:
+    # A landscape picture, left half red and right half blue.
+    array = np.zeros((100, 200, 3), np.uint8)
+    array[:, :100] = (255, 0, 0)
+    array[:, 100:] = (0, 0, 255)
+    source = Image.fromarray(array)
+    # Orientation 6: the viewer rotates 90 degrees clockwise, so red ends up on top.
+    image = decode_image(jpeg_with_orientation(source, 6), 100, with_stats=False)
+    assert (image.width, image.height) == (100, 200)
+    top, bottom = image.pixels[10:30, 40:60], image.pixels[70:90, 40:60]
+    assert top[..., 0].mean() > 200 and top[..., 2].mean() < 60
+    assert bottom[..., 2].mean() > 200 and bottom[..., 0].mean() < 60
+
+
+def test_letterbox_keeps_the_field_round() -> None:
+    wide = Image.new("RGB", (300, 200), (200, 90, 40))
+    image = decode_image(encode(wide, "PNG"), 60, with_stats=False)
+    # 300x200 becomes 60x40 centred on black: 10 black rows above and below.
+    assert image.pixels[:9].max() == 0 and image.pixels[-9:].max() == 0
+    assert image.pixels[30, 30].tolist() == [200, 90, 40]
+
+
+def test_metadata_describes_the_source_without_pixels() -> None:
+    large = draw_fundus_like(1200, seed=1)
+    data = encode(large, "JPEG", quality=85)
+    image = decode_image(b64(data), 224)
+    meta = image.metadata()
+    assert meta["img_width"] == 1200 and meta["img_height"] == 1200
+    assert meta["img_format"] == "JPEG" and meta["img_mode"] == "RGB"
+    assert meta["img_bytes"] == len(data)
+    assert set(IMAGE_STAT_NAMES) <= set(meta)
+    assert all(not isinstance(v, (bytes, np.ndarray)) for v in meta.values())
+
+
+def test_draft_decode_matches_a_full_decode() -> None:
+    """DCT-domain downscaling changes how, not what: the result stays close to a full decode."""
+    large = draw_fundus_like(2000, seed=2)
+    data = encode(large, "JPEG", quality=90)
+    fast = decode_image(data, 224, with_stats=False).pixels.astype(np.float32)
+    full = np.asarray(large.resize((224, 224), Image.Resampling.BILINEAR), np.float32)
+    assert np.abs(fast - full).mean() < 6.0
+
+
+def test_image_stats_measure_what_they_name() -> None:
+    sharp = np.asarray(draw_fundus_like(128, seed=4))
+    blurred = np.asarray(Image.fromarray(sharp).resize((32, 32)).resize((128, 128)))
+    dark = (sharp * 0.5).astype(np.uint8)
+    s_sharp, s_blur, s_dark = (compute_image_stats(a) for a in (sharp, blurred, dark))
+    assert s_blur["img_sharpness"] < 0.5 * s_sharp["img_sharpness"]
+    assert s_dark["img_brightness"] == pytest.approx(0.5 * s_sharp["img_brightness"], rel=0.05)
+    assert s_sharp["img_mean_r"] > s_sharp["img_mean_g"] > s_sharp["img_mean_b"]

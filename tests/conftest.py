@@ -1,0 +1,63 @@
+"""Shared fixtures: each test gets its own tracking store; no test may leave a run active."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+
+# Quiet TensorFlow's C++ start-up chatter in test output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(autouse=True)
+def tracking_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Point MLflow at a fresh SQLite store in the test's own folder.
+
+    Nothing touches the store until a test uses MLflow, so tests that do not pay nothing.
+    """
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
+    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    yield uri
+    if previous is not None:
+        mlflow.set_tracking_uri(previous)
+
+
+@pytest.fixture(autouse=True)
+def no_active_run() -> Iterator[None]:
+    """Fail any test that leaves an MLflow run active (and end it, so others are not hit)."""
+    yield
+    run = mlflow.active_run()
+    if run is not None:
+        mlflow.end_run()
+        pytest.fail(f"the test left MLflow run {run.info.run_id} active")
+
+
+TINY_IMAGE_SIZE = 64
+
+
+@pytest.fixture(scope="session")
+def tiny_network():
+    """An untrained small CNN at 64 px: fast to build, deterministic in inference mode."""
+    import keras
+
+    from eye_model.network import build_network
+
+    keras.utils.set_random_seed(0)
+    return build_network("small_cnn", TINY_IMAGE_SIZE)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory: pytest.TempPathFactory, tiny_network) -> Path:
+    """The tiny network saved as an eye-model pyfunc folder."""
+    from eye_model.pyfunc import ModelConfig, save_model
+
+    path = tmp_path_factory.mktemp("tiny-model") / "model"
+    return save_model(path, tiny_network, ModelConfig(image_size=TINY_IMAGE_SIZE))

@@ -1,0 +1,63 @@
+"""Image makers shared by the tests: every image a test needs is generated here."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def draw_fundus_like(size: int = 256, seed: int = 0) -> Image.Image:
+    """A quick fundus-like RGB picture: dark surround, orange disc, bright optic disc."""
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", (size, size))
+    draw = ImageDraw.Draw(image)
+    margin = size // 20
+    tone = tuple(int(v) for v in rng.integers([170, 60, 20], [220, 100, 50]))
+    draw.ellipse((margin, margin, size - margin, size - margin), fill=tone)
+    cx = int(size * rng.uniform(0.3, 0.7))
+    radius = size // 12
+    draw.ellipse(
+        (cx - radius, size // 2 - radius, cx + radius, size // 2 + radius), fill=(245, 225, 160)
+    )
+    for _ in range(6):
+        x0, y0 = cx, size // 2
+        x1, y1 = (int(v) for v in rng.integers(margin * 2, size - margin * 2, 2))
+        draw.line((x0, y0, x1, y1), fill=(120, 20, 15), width=max(1, size // 100))
+    noise = rng.normal(0, 4, (size, size, 3))
+    return Image.fromarray(np.clip(np.asarray(image, np.float32) + noise, 0, 255).astype(np.uint8))
+
+
+def encode(image: Image.Image, fmt: str = "JPEG", **params: object) -> bytes:
+    """Encode a Pillow image to bytes in ``fmt``."""
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **params)
+    return buffer.getvalue()
+
+
+def b64(data: bytes) -> str:
+    """Base64 text of ``data``."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG claiming ``width`` x ``height`` with almost no data: a decompression bomb."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 1024)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def jpeg_with_orientation(image: Image.Image, orientation: int) -> bytes:
+    """A JPEG carrying an EXIF orientation tag."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(image, "JPEG", quality=95, exif=exif.tobytes())

@@ -1,0 +1,124 @@
+"""End to end through MLflow's own scoring server (`mlflow models serve`), on a free port."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from eye_model.config import CLASS_NAMES, PROB_COLUMNS
+from eye_model.serving import (
+    build_serve_command,
+    find_free_port,
+    start_process,
+    stop_process,
+    wait_for_http,
+)
+from tests.helpers import b64, draw_fundus_like, encode
+
+
+@pytest.fixture(scope="module")
+def server_url(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = find_free_port()
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    command = build_serve_command(str(tiny_model_path), port=port, env_manager="local")
+    process = start_process(command, log_path=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/ping", timeout=180, process=process)
+        yield url
+    except RuntimeError:
+        pytest.fail(f"model server did not start:\n{log.read_text()[-3000:]}")
+    finally:
+        stop_process(process)
+    assert process.poll() is not None
+
+
+def _mixed_rows() -> list[list[object]]:
+    jpeg = encode(draw_fundus_like(300, seed=1), "JPEG")
+    png = encode(draw_fundus_like(200, seed=2), "PNG")
+    return [
+        ["good-jpeg", b64(jpeg)],
+        ["truncated", b64(jpeg[:500])],
+        ["good-png", b64(png)],
+        ["not-base64", "%%%"],
+        ["null", None],
+        ["number", 7],
+        ["text", b64(b"just some text")],
+    ]
+
+
+def _check_predictions(predictions: list[dict[str, object]]) -> None:
+    by_id = {row["image_id"]: row for row in predictions}
+    assert [row["image_id"] for row in predictions] == [r[0] for r in _mixed_rows()]
+    for good in ("good-jpeg", "good-png"):
+        row = by_id[good]
+        assert row["error"] is None
+        assert row["predicted_class"] in CLASS_NAMES
+        assert sum(row[c] for c in PROB_COLUMNS) == pytest.approx(1.0, abs=1e-9)
+        assert row["confidence"] == max(row[c] for c in PROB_COLUMNS)
+    expected_errors = {
+        "truncated": "corrupt",
+        "not-base64": "not valid base64",
+        "null": "empty (null)",
+        "number": "is a int",
+        "text": "looks like text",
+    }
+    for image_id, message in expected_errors.items():
+        row = by_id[image_id]
+        assert message in row["error"], row
+        assert row["predicted_class"] is None
+        assert all(row[c] is None for c in ("confidence", *PROB_COLUMNS))
+
+
+def test_dataframe_split_with_bad_rows(server_url: str) -> None:
+    payload = {"dataframe_split": {"columns": ["image_id", "image"], "data": _mixed_rows()}}
+    response = requests.post(f"{server_url}/invocations", json=payload, timeout=60)
+    assert response.status_code == 200, response.text
+    # Strict JSON: errors are null, never NaN.
+    body = json.loads(response.text, parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+    _check_predictions(body["predictions"])
+
+
+def test_dataframe_records(server_url: str) -> None:
+    records = [{"image_id": i, "image": v} for i, v in _mixed_rows()]
+    response = requests.post(
+        f"{server_url}/invocations", json={"dataframe_records": records}, timeout=60
+    )
+    assert response.status_code == 200, response.text
+    _check_predictions(response.json()["predictions"])
+
+
+def test_many_images_in_one_request(server_url: str) -> None:
+    images = [b64(encode(draw_fundus_like(160, seed=s), "JPEG")) for s in range(40)]
+    payload = {"dataframe_split": {"columns": ["image"], "data": [[v] for v in images]}}
+    response = requests.post(f"{server_url}/invocations", json=payload, timeout=60)
+    assert response.status_code == 200
+    rows = response.json()["predictions"]
+    assert len(rows) == 40
+    probs = np.array([[row[c] for c in PROB_COLUMNS] for row in rows])
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
+
+
+def test_missing_image_column_is_a_4xx_naming_it(server_url: str) -> None:
+    payload = {"dataframe_split": {"columns": ["picture"], "data": [["abc"]]}}
+    response = requests.post(f"{server_url}/invocations", json=payload, timeout=60)
+    assert 400 <= response.status_code < 500
+    assert "image" in response.json()["message"]
+    # The server is still up afterwards.
+    assert requests.get(f"{server_url}/ping", timeout=10).status_code == 200
+
+
+def test_garbage_body_is_a_4xx_and_the_server_survives(server_url: str) -> None:
+    response = requests.post(
+        f"{server_url}/invocations",
+        data=b"\x00\x01not json",
+        headers={"Content-Type": "application/json"},
+        timeout=60,
+    )
+    assert 400 <= response.status_code < 500
+    assert requests.get(f"{server_url}/ping", timeout=10).status_code == 200

@@ -1,0 +1,134 @@
+"""The pyfunc model in process: round trip, output contract, bad rows, threads, batching."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.exceptions import MlflowException
+
+from eye_model.config import CLASS_NAMES, PROB_COLUMNS
+from eye_model.pyfunc import OUTPUT_COLUMNS, ModelConfig, log_model
+from tests.code.test_preprocess import CORPUS
+from tests.conftest import TINY_IMAGE_SIZE
+from tests.helpers import b64, draw_fundus_like, encode
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_path: Path) -> mlflow.pyfunc.PyFuncModel:
+    return mlflow.pyfunc.load_model(str(tiny_model_path))
+
+
+def _images(n: int, size: int = 120) -> list[str]:
+    return [b64(encode(draw_fundus_like(size, seed=i), "JPEG")) for i in range(n)]
+
+
+def test_round_trip_output_contract(model: mlflow.pyfunc.PyFuncModel) -> None:
+    frame = pd.DataFrame({"image": _images(5), "image_id": [f"id-{i}" for i in range(5)]})
+    out = model.predict(frame)
+    assert list(out.columns) == ["image_id", *OUTPUT_COLUMNS]
+    assert out["image_id"].tolist() == [f"id-{i}" for i in range(5)]
+    probs = out[list(PROB_COLUMNS)].to_numpy(dtype=float)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
+    assert ((probs >= 0) & (probs <= 1)).all()
+    assert out["predicted_class"].tolist() == [CLASS_NAMES[i] for i in probs.argmax(axis=1)]
+    np.testing.assert_allclose(out["confidence"].to_numpy(float), probs.max(axis=1))
+    assert out["error"].isna().all()
+
+
+def test_without_image_id_the_column_is_left_out(model: mlflow.pyfunc.PyFuncModel) -> None:
+    out = model.predict(pd.DataFrame({"image": _images(2)}))
+    assert list(out.columns) == list(OUTPUT_COLUMNS)
+
+
+def test_network_output_matches_keras(model: mlflow.pyfunc.PyFuncModel, tiny_network) -> None:
+    """The compiled serving function computes what the Keras network computes."""
+    from eye_model.preprocess import decode_image
+
+    images = _images(3)
+    pixels = np.stack([decode_image(v, TINY_IMAGE_SIZE).pixels for v in images])
+    logits = np.asarray(tiny_network(pixels.astype(np.float32), training=False))
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    out = model.predict(pd.DataFrame({"image": images}))
+    np.testing.assert_allclose(out[list(PROB_COLUMNS)].to_numpy(float), expected, atol=1e-5)
+
+
+def test_one_bad_row_never_fails_the_batch(model: mlflow.pyfunc.PyFuncModel) -> None:
+    values = [value for _, value, _ in CORPUS]
+    # Strings and bytes go through the signature; other types are checked by predict itself.
+    frame = pd.DataFrame({"image": pd.Series(values, dtype=object)})
+    out = model.unwrap_python_model().predict(None, frame)
+    assert len(out) == len(CORPUS)
+    for (name, _, expected), row in zip(CORPUS, out.to_dict("records"), strict=True):
+        if expected is None:
+            assert row["error"] is None, name
+            assert row["predicted_class"] in CLASS_NAMES, name
+            assert sum(row[c] for c in PROB_COLUMNS) == pytest.approx(1.0), name
+        else:
+            assert expected.replace("\\", "") in row["error"], (name, row["error"])
+            assert row["predicted_class"] is None, name
+            assert all(row[c] is None for c in ("confidence", *PROB_COLUMNS)), name
+
+
+def test_missing_image_column_names_the_expected_column(model: mlflow.pyfunc.PyFuncModel) -> None:
+    with pytest.raises(MlflowException, match="image"):
+        model.predict(pd.DataFrame({"picture": _images(1)}))
+    with pytest.raises(MlflowException, match="column 'image'"):
+        model.unwrap_python_model().predict(None, pd.DataFrame({"picture": _images(1)}))
+
+
+def test_batches_larger_than_one_network_call_keep_order(
+    model: mlflow.pyfunc.PyFuncModel,
+) -> None:
+    images = _images(70, size=80)
+    together = model.predict(pd.DataFrame({"image": images}))
+    alone = pd.concat([model.predict(pd.DataFrame({"image": [v]})) for v in images[::10]])
+    np.testing.assert_allclose(
+        together[list(PROB_COLUMNS)].to_numpy(float)[::10],
+        alone[list(PROB_COLUMNS)].to_numpy(float),
+        atol=1e-5,
+    )
+
+
+def test_predict_is_thread_safe(model: mlflow.pyfunc.PyFuncModel) -> None:
+    frames = [pd.DataFrame({"image": _images(6, size=90 + 10 * k)}) for k in range(4)]
+    expected = [model.predict(f) for f in frames]
+    results: dict[int, pd.DataFrame] = {}
+    failures: list[BaseException] = []
+
+    def work(k: int) -> None:
+        try:
+            for _ in range(3):
+                results[k] = model.predict(frames[k])
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
+    for k in range(4):
+        pd.testing.assert_frame_equal(results[k], expected[k], atol=1e-6)
+
+
+def test_logged_model_has_signature_example_and_code(tiny_network) -> None:
+    with mlflow.start_run() as run:
+        info = log_model(tiny_network, ModelConfig(image_size=TINY_IMAGE_SIZE))
+    assert info.signature.inputs.input_names() == ["image", "image_id"]
+    assert "predicted_class" in info.signature.outputs.input_names()
+    loaded = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    example = loaded.input_example
+    assert list(example.columns) == ["image", "image_id"]
+    out = loaded.predict(example)
+    assert out["error"].isna().all()
+    local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model"))
+    assert (local / "code" / "eye_model" / "pyfunc.py").is_file()
+    requirements = (local / "requirements.txt").read_text()
+    assert "mlflow==3.17.2" in requirements
+    assert "tensorflow==" in requirements
