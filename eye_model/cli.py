@@ -11,8 +11,11 @@ import sys
 from pathlib import Path
 
 import click
+from click.types import BoolParamType
 
 from eye_model.config import SERVING_PORT, TRACKING_PORT
+
+BOOL = BoolParamType()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -86,7 +89,14 @@ def synthesize(out_dir: str, per_class: int, image_size: int, seed: int) -> None
 
 
 @main.command()
-@click.option("--model-uri", "-m", required=True, help="MLflow model URI or folder to serve.")
+@click.option(
+    "--model-uri",
+    "-m",
+    default="",
+    help="Model URI or folder; empty: resolved from ENABLE_MODEL_REGISTRY, MLFLOW_MODEL_NAME, "
+    "MODEL_STAGE, MODEL_VERSION, with EYE_MODEL_LOCAL_MODEL as fallback.",
+)
+@click.option("--alias", default="", help="Serve models:/<name>@<alias> (champion, challenger).")
 @click.option("--port", "-p", type=int, default=SERVING_PORT, help="Port of the REST API.")
 @click.option("--host", default="127.0.0.1", help="Interface to listen on (0.0.0.0: all).")
 @click.option(
@@ -96,16 +106,117 @@ def synthesize(out_dir: str, per_class: int, image_size: int, seed: int) -> None
     help="'local' serves from this environment; the others build the model's own.",
 )
 @click.option("--workers", "-w", type=int, default=1, help="uvicorn worker processes.")
-def serve(model_uri: str, port: int, host: str, env_manager: str, workers: int) -> None:
+def serve(model_uri: str, alias: str, port: int, host: str, env_manager: str, workers: int) -> None:
     """Serve a model with `mlflow models serve` (POST images to /invocations)."""
+    from eye_model.registry import RegistryError, resolve_serving_model
     from eye_model.serving import build_serve_command, server_environment
 
+    try:
+        resolved = resolve_serving_model(alias=alias, model_uri=model_uri)
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from None
     command = build_serve_command(
-        model_uri, port=port, host=host, env_manager=env_manager, workers=workers
+        resolved.uri, port=port, host=host, env_manager=env_manager, workers=workers
     )
-    click.echo(f"serving {model_uri} on http://{host}:{port}", err=True)
+    click.echo(
+        f"serving {resolved.uri} ({resolved.source}: {resolved.reason}) on http://{host}:{port}",
+        err=True,
+    )
+    env = server_environment(
+        {
+            "EYE_MODEL_SERVED_URI": resolved.uri,
+            "EYE_MODEL_SERVED_SOURCE": resolved.source,
+            "EYE_MODEL_SERVED_NAME": resolved.name,
+            "EYE_MODEL_SERVED_VERSION": resolved.version,
+        }
+    )
     sys.stdout.flush()
-    os.execvpe(command[0], command, server_environment())
+    os.execvpe(command[0], command, env)
+
+
+@main.command()
+@click.option("--model-uri", required=True, help="Logged model, e.g. runs:/<run_id>/model.")
+@click.option("--model-name", default="", help="Registered name (default MLFLOW_MODEL_NAME).")
+def register(model_uri: str, model_name: str) -> None:
+    """Register a logged model as a new version (provenance in its tags)."""
+    from eye_model.registry import RegistryError, register_model
+
+    try:
+        version = register_model(model_uri, model_name)
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps({"model_name": version.name, "version": version.version}))
+
+
+@main.command()
+@click.option("--model-name", default="", help="Registered name (default MLFLOW_MODEL_NAME).")
+@click.option("--version", "version", default="latest", help="Version number or 'latest'.")
+@click.option(
+    "--stage",
+    type=click.Choice(["Staging", "Production", "Archived"], case_sensitive=False),
+    required=True,
+    help="Target stage; Production goes through the quality gate.",
+)
+@click.option("--force", type=BOOL, default=False, help="Promote even if the gate refuses.")
+@click.option("--eval-data-dir", default="", help="Gate data (ImageFolder); empty: synthetic.")
+@click.option("--tolerance", type=float, default=0.01, help="Largest macro-F1 drop allowed.")
+def promote(
+    model_name: str, version: str, stage: str, force: bool, eval_data_dir: str, tolerance: float
+) -> None:
+    """Move a version to Staging, Production or Archived; aliases follow the stages."""
+    from eye_model.registry import RegistryError
+    from eye_model.registry import promote as promote_version
+
+    try:
+        result = promote_version(
+            model_name,
+            version,
+            stage,
+            force=force,
+            eval_data_dir=eval_data_dir,
+            tolerance=tolerance,
+        )
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(result.__dict__))
+
+
+@main.command()
+@click.option("--model-name", default="", help="Registered name (default MLFLOW_MODEL_NAME).")
+def rollback(model_name: str) -> None:
+    """Return the previous Production version to Production."""
+    from eye_model.registry import RegistryError
+    from eye_model.registry import rollback as rollback_production
+
+    try:
+        result = rollback_production(model_name)
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(result.__dict__))
+
+
+@main.command("export-model")
+@click.option("--model-uri", default="", help="Model to export; empty: the one serving resolves.")
+@click.option(
+    "--out",
+    default="",
+    help="Destination folder (default EYE_MODEL_LOCAL_MODEL); replaced whole.",
+)
+def export_model_command(model_uri: str, out: str) -> None:
+    """Export a registered model to the local fallback folder."""
+    from eye_model.config import load_settings
+    from eye_model.registry import export_model, registry_uri_for
+
+    settings = load_settings()
+    destination = out or settings.local_model
+    if not destination:
+        raise click.ClickException("no destination: pass --out or set EYE_MODEL_LOCAL_MODEL")
+    uri = model_uri or registry_uri_for(settings)
+    try:
+        path = export_model(uri, destination)
+    except Exception as exc:  # any failure (registry, network, disk) is reported plainly
+        raise click.ClickException(f"cannot export {uri}: {exc}") from None
+    click.echo(json.dumps({"model_uri": uri, "path": str(path)}))
 
 
 @main.command()

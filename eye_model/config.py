@@ -17,6 +17,9 @@ CLASS_NAMES: tuple[str, ...] = ("cataract", "diabetic_retinopathy", "glaucoma", 
 #: Output column holding the probability of each class (0-1).
 PROB_COLUMNS: tuple[str, ...] = tuple(f"prob_{name}" for name in CLASS_NAMES)
 
+#: Length of the reduced image embedding kept for drift monitoring (``emb_0`` …).
+EMBEDDING_DIMS = 8
+
 #: Side of the square network input, in pixels.
 DEFAULT_IMAGE_SIZE = 224
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -189,3 +190,41 @@ def plot_reliability(labels: np.ndarray, before: np.ndarray, after: np.ndarray, 
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def score_files(model_uri: str, paths: Sequence[str]):
+    """Score image files with a logged model, sending them as a REST client would (base64).
+
+    Args:
+        model_uri: any MLflow model URI.
+        paths: image files.
+
+    Returns:
+        The model's output frame, one row per file.
+    """
+    import base64
+
+    import mlflow
+    import pandas as pd
+
+    model = mlflow.pyfunc.load_model(model_uri)
+    encoded = [base64.b64encode(Path(p).read_bytes()).decode("ascii") for p in paths]
+    return model.predict(pd.DataFrame({"image": encoded}))
+
+
+def evaluate_model_on_folder(model_uri: str, data_dir: str | Path) -> dict[str, float]:
+    """Accuracy, macro-F1 and per-class figures of a model on an ImageFolder set.
+
+    Rows the model could not score count as wrong.
+    """
+    from eye_model.config import PROB_COLUMNS
+    from eye_model.data import discover_images
+
+    files = discover_images(data_dir)
+    scored = score_files(model_uri, files["path"].tolist())
+    probabilities = scored[list(PROB_COLUMNS)].astype(float).fillna(0.0).to_numpy()
+    labels = files["label"].map(CLASS_NAMES.index).to_numpy()
+    metrics = classification_metrics(labels, probabilities, prefix="")
+    metrics["n"] = float(len(files))
+    metrics["errors"] = float(scored["error"].notna().sum())
+    return metrics

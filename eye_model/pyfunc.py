@@ -30,7 +30,7 @@ from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import ColSpec, Schema
 
-from eye_model.config import CLASS_NAMES, PROB_COLUMNS, load_settings
+from eye_model.config import CLASS_NAMES, EMBEDDING_DIMS, PROB_COLUMNS, load_settings
 from eye_model.preprocess import FundusImage, ImageError, decode_image
 
 logger = logging.getLogger(__name__)
@@ -43,8 +43,6 @@ IMAGE_ID_COLUMN = "image_id"
 OUTPUT_COLUMNS: tuple[str, ...] = ("predicted_class", "confidence", *PROB_COLUMNS, "error")
 #: Images per network call.
 DEFAULT_BATCH_SIZE = 32
-#: Length of the reduced embedding kept for drift monitoring.
-EMBEDDING_DIMS = 8
 
 _NETWORK_ARTIFACT = "network"
 _CONFIG_ARTIFACT = "config"

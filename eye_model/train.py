@@ -6,7 +6,6 @@ Runs log to ``MLFLOW_EXPERIMENT_NAME`` with the tag ``role=training``. Under
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import tempfile
@@ -19,7 +18,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from eye_model.config import CLASS_NAMES, PROB_COLUMNS, load_settings
+from eye_model.config import CLASS_NAMES, EMBEDDING_DIMS, PROB_COLUMNS, load_settings
 from eye_model.data import ImageSet, class_weights, load_dataset, make_tf_dataset
 from eye_model.evaluate import (
     calibrated_probabilities,
@@ -30,13 +29,14 @@ from eye_model.evaluate import (
     plot_reliability,
     plot_roc_curves,
     plot_training_curves,
+    score_files,
 )
-from eye_model.pyfunc import EMBEDDING_DIMS, ModelConfig, NetworkRunner, log_model
+from eye_model.pyfunc import ModelConfig, NetworkRunner, log_model
 
 logger = logging.getLogger(__name__)
 
 #: Version of the synthetic cache layout; bump it when the generator changes.
-SYNTHETIC_CACHE_VERSION = "v1"
+SYNTHETIC_CACHE_VERSION = "v2"
 
 
 @dataclass
@@ -104,18 +104,28 @@ def prepare_synthetic_data(per_class: int, image_size: int, seed: int) -> Path:
     return folder
 
 
-class _EpochLogger:
-    """Keras callback logging each epoch's metrics to the active MLflow run."""
+def build_callbacks(calibration_pixels: np.ndarray) -> list[Any]:
+    """Keras callbacks: BatchNorm recalibration before each validation, and MLflow logging.
 
-    def __new__(cls):
-        import keras
+    Args:
+        calibration_pixels: un-augmented training images for the BatchNorm statistics.
+    """
+    import keras
 
-        class EpochLogger(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-                metrics = {f"epoch_{k}": float(v) for k, v in (logs or {}).items()}
-                mlflow.log_metrics(metrics, step=epoch + 1)
+    from eye_model.network import recalibrate_batchnorm
 
-        return EpochLogger()
+    class RecalibrateBatchNorm(keras.callbacks.Callback):
+        """Validation (and so early stopping) judges the network as it will be served."""
+
+        def on_test_begin(self, logs: dict[str, float] | None = None) -> None:
+            recalibrate_batchnorm(self.model, calibration_pixels)
+
+    class EpochLogger(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            metrics = {f"epoch_{k}": float(v) for k, v in (logs or {}).items()}
+            mlflow.log_metrics(metrics, step=epoch + 1)
+
+    return [RecalibrateBatchNorm(), EpochLogger()]
 
 
 def _logits_and_embeddings(network: Any, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -174,13 +184,6 @@ def _log_figure(fig: Any, name: str) -> None:
     plt.close(fig)
 
 
-def _score_through_pyfunc(model_uri: str, images: ImageSet) -> pd.DataFrame:
-    """Score source files with the logged model, as a client of the REST API would."""
-    model = mlflow.pyfunc.load_model(model_uri)
-    encoded = [base64.b64encode(Path(p).read_bytes()).decode("ascii") for p in images.sources]
-    return model.predict(pd.DataFrame({"image": encoded}))
-
-
 def run_training(config: TrainConfig) -> TrainResult:
     """Train, calibrate, profile, log and evaluate one model.
 
@@ -192,7 +195,7 @@ def run_training(config: TrainConfig) -> TrainResult:
     """
     import keras
 
-    from eye_model.network import build_network
+    from eye_model.network import build_network, recalibrate_batchnorm
 
     settings = load_settings()
     mlflow.set_tracking_uri(settings.tracking_uri)
@@ -244,7 +247,7 @@ def run_training(config: TrainConfig) -> TrainResult:
             keras.callbacks.ReduceLROnPlateau(
                 monitor="val_loss", factor=0.5, patience=2, min_lr=1e-5
             ),
-            _EpochLogger(),
+            *build_callbacks(dataset.train.pixels[:512]),
         ]
         start = time.perf_counter()
         history = network.fit(
@@ -256,6 +259,8 @@ def run_training(config: TrainConfig) -> TrainResult:
             verbose=2,
         )
         train_seconds = time.perf_counter() - start
+        # The best weights are restored; give them statistics of the whole training split.
+        recalibrate_batchnorm(network, dataset.train.pixels)
         epochs_run = len(history.history["loss"])
         mlflow.log_metrics(
             {
@@ -299,7 +304,7 @@ def run_training(config: TrainConfig) -> TrainResult:
         model_uri = f"runs:/{run.info.run_id}/model"
 
         # Evaluation of the logged model, end to end from the image files.
-        scored = _score_through_pyfunc(info.model_uri, dataset.test)
+        scored = score_files(info.model_uri, dataset.test.sources)
         probabilities = scored[list(PROB_COLUMNS)].to_numpy(dtype=float)
         metrics = classification_metrics(dataset.test.labels, probabilities)
         metrics["test_ece"] = expected_calibration_error(probabilities, dataset.test.labels)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -20,6 +21,10 @@ def tracking_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     Nothing touches the store until a test uses MLflow, so tests that do not pay nothing.
     """
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # mlflow.set_experiment() exports MLFLOW_EXPERIMENT_ID; never let it leak between tests.
+    for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
     previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
@@ -61,3 +66,45 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory, tiny_network) -> P
 
     path = tmp_path_factory.mktemp("tiny-model") / "model"
     return save_model(path, tiny_network, ModelConfig(image_size=TINY_IMAGE_SIZE))
+
+
+@dataclass
+class TrainedModel:
+    """A model trained once per test session on a small synthetic set."""
+
+    run_id: str
+    tracking_uri: str
+    model_dir: Path
+    metrics: dict[str, float]
+    data_dir: Path
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
+    """Train the small CNN for a few epochs on 240 generated 96 px images (about a minute).
+
+    It has its own tracking store; tests that log to theirs reuse its network file.
+    """
+    from eye_model.train import TrainConfig, run_training
+
+    home = tmp_path_factory.mktemp("trained")
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    patch = pytest.MonkeyPatch()
+    patch.setenv("MLFLOW_TRACKING_URI", uri)
+    patch.setenv("EYE_MODEL_CACHE", str(home / "cache"))
+    patch.setenv("MLFLOW_EXPERIMENT_NAME", "eye-model-tests")
+    saved_uri = mlflow.get_tracking_uri()
+    try:
+        mlflow.set_tracking_uri(uri)
+        result = run_training(
+            TrainConfig(synthetic_per_class=60, image_size=96, epochs=8, batch_size=32, seed=7)
+        )
+        model_dir = Path(
+            mlflow.artifacts.download_artifacts(result.model_uri, dst_path=str(home / "model"))
+        )
+    finally:
+        patch.undo()
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+        mlflow.set_tracking_uri(saved_uri)
+    data_dir = next((home / "cache").iterdir())
+    return TrainedModel(result.run_id, uri, model_dir, result.metrics, data_dir)
