@@ -235,6 +235,25 @@ def score(images: tuple[str, ...], url: str, timeout: float) -> None:
         click.echo(json.dumps({"file": path, **prediction}))
 
 
+@main.command()
+@click.option("--url", default=f"http://127.0.0.1:{SERVING_PORT}", help="Model server URL.")
+@click.option("--interval", type=float, default=30.0, help="Seconds between checks.")
+@click.option("--count", type=int, default=0, help="Number of checks; 0: until interrupted.")
+@click.option("--timeout", type=float, default=5.0, help="Seconds to wait for each endpoint.")
+def probe(url: str, interval: float, count: int, timeout: float) -> None:
+    """Health-check a model server (/ping, /health, /version) and track it (role=probe)."""
+    from eye_model.telemetry import run_probe
+
+    try:
+        results = run_probe(url, interval=interval, count=count, timeout=timeout)
+    except KeyboardInterrupt:
+        return
+    failed = sum(not r.ok for r in results)
+    click.echo(json.dumps({"checks": len(results), "failures": failed}))
+    if results and not results[-1].ok:
+        sys.exit(1)
+
+
 @main.group()
 def stack() -> None:
     """The local stack: tracking server (5000) and model server (8080) in the background."""

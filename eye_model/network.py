@@ -83,11 +83,11 @@ def build_small_cnn(
     """
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    # Two strided convolutions bring 224 px to 56 px cheaply: on two CPU cores the stem
+    # decides whether a ten-minute training is realistic.
     x = _conv_block(x, 24, strides=2, name="stem")
-    x = _conv_block(x, 32, name="b1a")
-    x = layers.MaxPooling2D(name="b1_pool")(x)
+    x = _conv_block(x, 32, strides=2, name="b1a")
     x = _conv_block(x, 48, name="b2a")
-    x = _conv_block(x, 48, name="b2b")
     x = layers.MaxPooling2D(name="b2_pool")(x)
     x = _conv_block(x, 96, name="b3a")
     x = _conv_block(x, 96, name="b3b")

@@ -14,8 +14,8 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -209,7 +209,22 @@ class EyeDiseaseClassifier(mlflow.pyfunc.PythonModel):
         self.batch_size = int(os.environ.get("EYE_MODEL_BATCH_SIZE", DEFAULT_BATCH_SIZE))
         threads = int(os.environ.get("EYE_MODEL_DECODE_THREADS", 0)) or min(8, os.cpu_count() or 2)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="eye-model-decode")
-        self._pool_lock = threading.Lock()
+        self._start_telemetry(Path(context.artifacts[_CONFIG_ARTIFACT]).parent.parent)
+
+    def _start_telemetry(self, model_dir: Path) -> None:
+        """Track predictions when serving (never in in-process evaluation, never when disabled)."""
+        from eye_model.telemetry import (
+            Telemetry,
+            TelemetryConfig,
+            in_scoring_server,
+            read_model_identity,
+        )
+
+        config = TelemetryConfig.from_env()
+        self._request_log = in_scoring_server()
+        self._telemetry = (
+            Telemetry(config, read_model_identity(model_dir)) if config.active_here() else None
+        )
 
     # -- scoring --------------------------------------------------------------------------
 
@@ -274,11 +289,24 @@ class EyeDiseaseClassifier(mlflow.pyfunc.PythonModel):
         params: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
         """Score a DataFrame of images; see the class docstring for the schemas."""
+        start = time.perf_counter()
         frame = _as_frame(model_input)
         rows = self.score_images(frame[IMAGE_COLUMN].tolist())
         output = build_output_frame(rows, self.config.class_names)
+        image_ids = None
         if IMAGE_ID_COLUMN in frame.columns:
-            output.insert(0, IMAGE_ID_COLUMN, frame[IMAGE_ID_COLUMN].to_numpy())
+            image_ids = frame[IMAGE_ID_COLUMN].to_numpy()
+            output.insert(0, IMAGE_ID_COLUMN, image_ids)
+        telemetry = getattr(self, "_telemetry", None)
+        if telemetry is not None or getattr(self, "_request_log", False):
+            from eye_model.telemetry import log_request
+
+            request_id = uuid.uuid4().hex
+            if telemetry is not None:
+                telemetry.record(rows, request_id=request_id, image_ids=image_ids)
+            errors = sum(row.error is not None for row in rows)
+            latency = (time.perf_counter() - start) * 1000.0
+            log_request(request_id, latency_ms=latency, rows=len(rows), errors=errors)
         return output
 
 

@@ -45,11 +45,10 @@ def server_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]
     ``mlflow models serve`` starts ``uvicorn`` by name; from a virtual environment
     that was not activated it would otherwise not be found.
     """
-    env = dict(os.environ)
+    env = {**os.environ, **(extra or {})}
     bin_dir = str(Path(sys.executable).parent)
     if bin_dir not in env.get("PATH", "").split(os.pathsep):
         env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")]).rstrip(os.pathsep)
-    env.update(extra or {})
     return env
 
 
@@ -161,31 +160,55 @@ def wait_for_http(
         time.sleep(interval)
 
 
-def stop_process(process: subprocess.Popen[bytes], *, grace: float = 15.0) -> int | None:
+def wait_group_gone(
+    pgid: int, timeout: float, process: subprocess.Popen[bytes] | None = None
+) -> bool:
+    """Wait until no process of group ``pgid`` is left (reaping ``process`` if given).
+
+    Returns:
+        Whether the group is gone.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if process is not None:
+            process.poll()
+        else:
+            try:  # reap the group leader if it is our child, so a zombie is not counted
+                os.waitpid(pgid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+
+
+def stop_process(process: subprocess.Popen[bytes], *, grace: float = 20.0) -> int | None:
     """Stop a process started by :func:`start_process` and its whole process group.
 
-    SIGTERM first, so servers shut down cleanly (and flush what they hold), SIGKILL
-    after ``grace`` seconds.
+    SIGTERM first, and every process of the group gets ``grace`` seconds to shut down
+    cleanly (a scoring server delivers its last telemetry then); SIGKILL after that.
 
     Returns:
         The exit code.
     """
-    if process.poll() is None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    if not wait_group_gone(process.pid, grace, process):
         try:
-            os.killpg(process.pid, signal.SIGTERM)
+            os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-    # Workers may outlive the parent: clear the group either way.
+        wait_group_gone(process.pid, 5.0, process)
     try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        process.wait(timeout=grace)
+        process.wait(timeout=5.0)
     except subprocess.TimeoutExpired:
         pass
     return process.returncode

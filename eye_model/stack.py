@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from eye_model.serving import (
     server_environment,
     start_process,
     wait_for_http,
+    wait_group_gone,
 )
 
 #: Names of the stack's services.
@@ -150,25 +150,7 @@ def start_service(
     return process.pid
 
 
-def _wait_gone(pid: int, timeout: float) -> bool:
-    """Wait until ``pid`` has exited (reaping it if it is our child)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-            if done == pid:
-                return True
-        except ChildProcessError:
-            pass  # not our child: started by an earlier command
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def stop_service(paths: StackPaths, service: str, *, grace: float = 15.0) -> bool:
+def stop_service(paths: StackPaths, service: str, *, grace: float = 20.0) -> bool:
     """Stop a service and its whole process group: SIGTERM, then SIGKILL after ``grace`` s.
 
     Returns:
@@ -178,17 +160,12 @@ def stop_service(paths: StackPaths, service: str, *, grace: float = 15.0) -> boo
     paths.pid_file(service).unlink(missing_ok=True)
     if pid is None:
         return False
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(pid, sig)
         except (ProcessLookupError, PermissionError):
             break
-        if _wait_gone(pid, grace):
-            # Workers of the group may still be exiting; make sure none is left.
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        if wait_group_gone(pid, wait):
             break
     return True
 

@@ -247,7 +247,7 @@ def run_training(config: TrainConfig) -> TrainResult:
             keras.callbacks.ReduceLROnPlateau(
                 monitor="val_loss", factor=0.5, patience=2, min_lr=1e-5
             ),
-            *build_callbacks(dataset.train.pixels[:512]),
+            *build_callbacks(dataset.train.pixels[:256]),
         ]
         start = time.perf_counter()
         history = network.fit(

@@ -27,6 +27,8 @@ def tracking_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
+    # Servers a test starts keep their inference logs in the test's folder, not in ~/.cache.
+    monkeypatch.setenv("EYE_MODEL_TELEMETRY_DIR", str(tmp_path / "telemetry"))
     previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)

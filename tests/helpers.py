@@ -6,6 +6,7 @@ import base64
 import io
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -61,3 +62,38 @@ def jpeg_with_orientation(image: Image.Image, orientation: int) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = orientation
     return encode(image, "JPEG", quality=95, exif=exif.tobytes())
+
+
+class TrackingServer:
+    """A real `mlflow server` (SQLite backend, proxied artifacts) on a loopback port.
+
+    It can be stopped and started again on the same port and store, as an outage would.
+    """
+
+    def __init__(self, home: Path, port: int | None = None) -> None:
+        from eye_model.serving import find_free_port
+
+        self.home = home
+        self.port = port or find_free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = None
+
+    def start(self) -> TrackingServer:
+        from eye_model.serving import start_process, wait_for_http
+        from eye_model.stack import build_tracking_command
+
+        command = build_tracking_command(
+            backend_store_uri=f"sqlite:///{self.home / 'mlflow.db'}",
+            artifacts_destination=str(self.home / "artifacts"),
+            port=self.port,
+        )
+        self.process = start_process(command, log_path=self.home / "tracking.log")
+        wait_for_http(f"{self.url}/health", timeout=120, process=self.process)
+        return self
+
+    def stop(self) -> None:
+        from eye_model.serving import stop_process
+
+        if self.process is not None:
+            stop_process(self.process)
+            self.process = None

@@ -30,10 +30,9 @@ from eye_model.registry import (
     rollback,
 )
 from eye_model.serving import find_free_port, start_process, stop_process, wait_for_http
-from eye_model.stack import build_tracking_command
 from eye_model.synthetic import generate_dataset
 from tests.conftest import TrainedModel
-from tests.helpers import b64
+from tests.helpers import TrackingServer, b64
 
 pytestmark = pytest.mark.slow
 
@@ -42,20 +41,11 @@ NAME = "eye-test-model"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
-    home = tmp_path_factory.mktemp("registry-server")
-    port = find_free_port()
-    command = build_tracking_command(
-        backend_store_uri=f"sqlite:///{home / 'mlflow.db'}",
-        artifacts_destination=str(home / "artifacts"),
-        port=port,
-    )
-    process = start_process(command, log_path=home / "server.log")
-    url = f"http://127.0.0.1:{port}"
+    tracking = TrackingServer(tmp_path_factory.mktemp("registry-server")).start()
     try:
-        wait_for_http(f"{url}/health", timeout=120, process=process)
-        yield {"url": url, "process": process, "home": home}
+        yield {"url": tracking.url, "tracking": tracking}
     finally:
-        stop_process(process)
+        tracking.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -282,7 +272,7 @@ def test_fallback_to_the_local_copy_when_the_tracking_server_is_down(
     expected = _expected(str(local), sample_images)
     np.testing.assert_allclose(expected, _expected(f"models:/{NAME}/2", sample_images), atol=1e-9)
 
-    stop_process(server["process"])  # the tracking server is now down
+    server["tracking"].stop()  # the tracking server is now down
     log = tmp_path / "fallback.log"
     process, url = _serve([], env, log)
     try:

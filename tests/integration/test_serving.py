@@ -14,6 +14,7 @@ from eye_model.config import CLASS_NAMES, PROB_COLUMNS
 from eye_model.serving import (
     build_serve_command,
     find_free_port,
+    server_environment,
     start_process,
     stop_process,
     wait_for_http,
@@ -26,7 +27,9 @@ def server_url(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) 
     port = find_free_port()
     log = tmp_path_factory.mktemp("serve") / "server.log"
     command = build_serve_command(str(tiny_model_path), port=port, env_manager="local")
-    process = start_process(command, log_path=log)
+    # Telemetry has its own tests; this server must not write into a test's store.
+    env = server_environment({"ENABLE_MLFLOW_TRACKING": "false"})
+    process = start_process(command, log_path=log, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{url}/ping", timeout=180, process=process)
@@ -122,3 +125,38 @@ def test_garbage_body_is_a_4xx_and_the_server_survives(server_url: str) -> None:
     )
     assert 400 <= response.status_code < 500
     assert requests.get(f"{server_url}/ping", timeout=10).status_code == 200
+
+
+def test_probe_tracks_health_checks(server_url: str, tracking_store: str) -> None:
+    from mlflow import MlflowClient
+
+    from eye_model.telemetry import run_probe
+
+    results = run_probe(server_url, interval=0.2, count=3, experiment_name="probes")
+    assert [r.ok for r in results] == [True, True, True]
+    assert all(r.endpoints == {"ping": 200, "health": 200, "version": 200} for r in results)
+    client = MlflowClient(tracking_store)
+    experiment = client.get_experiment_by_name("probes")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.data.tags["role"] == "probe"
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["health_check_count"] == 3
+    assert run.data.metrics["model_loaded"] == 1
+    assert run.data.metrics["health_check_failures"] == 0
+    history = client.get_metric_history(run.info.run_id, "health_check_response_time_ms")
+    assert len(history) == 3
+    assert all(0 < m.value < 5000 for m in history)
+
+
+def test_probe_of_a_dead_server_counts_failures(tracking_store: str) -> None:
+    from mlflow import MlflowClient
+
+    from eye_model.telemetry import run_probe
+
+    dead = f"http://127.0.0.1:{find_free_port()}"
+    results = run_probe(dead, interval=0.1, count=2, timeout=1.0, experiment_name="probes")
+    assert [r.ok for r in results] == [False, False]
+    client = MlflowClient(tracking_store)
+    (run,) = client.search_runs([client.get_experiment_by_name("probes").experiment_id])
+    assert run.data.metrics["model_loaded"] == 0
+    assert run.data.metrics["health_check_failures"] == 2

@@ -1,0 +1,246 @@
+"""Telemetry from inside `predict`, against a real tracking server and a real scoring server:
+records and metric points, an outage, tracking disabled, two workers, and no image bytes."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from mlflow import MlflowClient
+
+from eye_model.serving import (
+    build_serve_command,
+    find_free_port,
+    server_environment,
+    start_process,
+    stop_process,
+    wait_for_http,
+)
+from tests.helpers import TrackingServer, b64, draw_fundus_like, encode
+
+pytestmark = pytest.mark.slow
+
+EXPERIMENT = "telemetry-tests"
+IMAGE = encode(draw_fundus_like(240, seed=11), "JPEG", quality=92)
+PATIENT_ID = "patient-7731-left-eye"
+
+
+@pytest.fixture
+def tracking(tmp_path: Path) -> Iterator[TrackingServer]:
+    home = tmp_path / "tracking"
+    home.mkdir()
+    server = TrackingServer(home).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class ModelServer:
+    def __init__(self, model: Path, home: Path, env: dict[str, str], workers: int = 1) -> None:
+        self.port = find_free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = home / f"serve-{self.port}.log"
+        command = build_serve_command(str(model), port=self.port, workers=workers)
+        self.process = start_process(command, log_path=self.log, env=server_environment(env))
+        try:
+            wait_for_http(f"{self.url}/ping", timeout=180, process=self.process)
+        except RuntimeError:
+            self.stop()
+            pytest.fail(f"model server did not start:\n{self.log.read_text()[-3000:]}")
+
+    def predict(self, n: int = 1) -> list[dict[str, object]]:
+        rows = [[f"{PATIENT_ID}-{i}", b64(IMAGE)] for i in range(n)]
+        payload = {"dataframe_split": {"columns": ["image_id", "image"], "data": rows}}
+        response = requests.post(f"{self.url}/invocations", json=payload, timeout=60)
+        assert response.status_code == 200, response.text
+        return response.json()["predictions"]
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+def _env(tracking_url: str, home: Path, **extra: str) -> dict[str, str]:
+    return {
+        "MLFLOW_TRACKING_URI": tracking_url,
+        "MLFLOW_EXPERIMENT_NAME": EXPERIMENT,
+        "EYE_MODEL_TELEMETRY_DIR": str(home / "telemetry"),
+        "EYE_MODEL_LOG_PART_SECONDS": "1",
+        "EYE_MODEL_SHIP_INTERVAL": "0.5",
+        "EYE_MODEL_SESSION_EVERY_N": "50",
+        **extra,
+    }
+
+
+def _serving_runs(client: MlflowClient) -> list:
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return []
+    return client.search_runs([experiment.experiment_id], "tags.role = 'serving'")
+
+
+def _records(client: MlflowClient, run_id: str, folder: Path) -> list[dict[str, object]]:
+    import mlflow
+
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id,
+            artifact_path="inference_log",
+            dst_path=str(folder),
+            tracking_uri=client.tracking_uri,
+        )
+    except Exception:  # no part delivered yet
+        return []
+    records = []
+    for part in sorted(Path(local).glob("part-*.jsonl")):
+        records += [json.loads(line) for line in part.read_text().splitlines() if line]
+    return records
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(1.0)
+    return condition()
+
+
+def test_every_prediction_is_a_record_and_a_metric_point(
+    tiny_model_path: Path, tracking: TrackingServer, tmp_path: Path
+) -> None:
+    client = MlflowClient(tracking.url)
+    server = ModelServer(tiny_model_path, tmp_path, _env(tracking.url, tmp_path))
+    try:
+        for _ in range(50):
+            server.predict(2)  # 100 predictions in 50 requests
+        assert _wait_for(lambda: len(_serving_runs(client)) == 1, 30)
+        run_id = _serving_runs(client)[0].info.run_id
+        got = {}
+
+        def delivered() -> bool:
+            got["records"] = _records(client, run_id, tmp_path / f"dl-{time.monotonic()}")
+            history = client.get_metric_history(run_id, "prediction_confidence")
+            got["points"] = history
+            return len(got["records"]) == 100 and len(history) == 100
+
+        assert _wait_for(delivered), (len(got["records"]), len(got["points"]))
+    finally:
+        server.stop()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    assert tags["role"] == "serving"
+    assert tags["pid"].isdigit()
+    assert tags["host"]
+    assert tags["model_uri"] == str(tiny_model_path)
+    assert "started_at" in tags
+    steps = sorted(m.step for m in got["points"])
+    assert steps == list(range(1, 101))
+    for name in ("prediction_inference_time_ms", "prediction_count", "prob_glaucoma"):
+        assert len(client.get_metric_history(run_id, name)) == 100
+    metrics = run.data.metrics
+    assert metrics["session_total_predictions"] == 100
+    assert 0 < metrics["prediction_confidence"] <= 100
+    for key in ("session_avg_inference_time_ms", "session_avg_confidence", "recent_avg_confidence"):
+        assert key in metrics
+    for key in ("recent_low_confidence_ratio", "drift_detected", "error_rate", "class_dist_normal"):
+        assert key in metrics
+    record = got["records"][0]
+    assert record["status"] == "ok"
+    assert {
+        "request_id",
+        "timestamp",
+        "inference_ms",
+        "img_width",
+        "img_sharpness",
+        "emb_7",
+    } <= set(record)
+    assert record["img_width"] == 240
+    # Structured logs: one JSON line per request.
+    lines = [json.loads(x) for x in server.log.read_text().splitlines() if x.startswith('{"event"')]
+    assert len(lines) == 50
+    assert all(x["rows"] == 2 and x["errors"] == 0 and x["latency_ms"] > 0 for x in lines)
+    _assert_no_image_content(client, run_id, tmp_path)
+
+
+def _assert_no_image_content(client: MlflowClient, run_id: str, tmp_path: Path) -> None:
+    import mlflow
+
+    run = client.get_run(run_id)
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=run_id, dst_path=str(tmp_path / "all"), tracking_uri=client.tracking_uri
+        )
+    )
+    blobs = [p.read_bytes() for p in local.rglob("*") if p.is_file()]
+    blobs.append(json.dumps([run.data.params, run.data.tags]).encode())
+    encoded = b64(IMAGE).encode()
+    for blob in blobs:
+        for start in range(0, len(IMAGE) - 64, len(IMAGE) // 8):
+            assert IMAGE[start : start + 64] not in blob
+            assert encoded[start : start + 64] not in blob
+        assert PATIENT_ID.encode() not in blob
+
+
+def test_an_outage_loses_nothing(
+    tiny_model_path: Path, tracking: TrackingServer, tmp_path: Path
+) -> None:
+    client = MlflowClient(tracking.url)
+    server = ModelServer(tiny_model_path, tmp_path, _env(tracking.url, tmp_path))
+    try:
+        server.predict(1)
+        assert _wait_for(lambda: len(_serving_runs(client)) == 1, 30)
+        run_id = _serving_runs(client)[0].info.run_id
+        tracking.stop()
+        started = time.monotonic()
+        for _ in range(50):
+            assert server.predict(1)[0]["error"] is None
+        # Predictions did not wait for the dead tracking server.
+        assert time.monotonic() - started < 30
+        tracking.start()  # same port, same store
+        assert _wait_for(
+            lambda: len(_records(client, run_id, tmp_path / f"dl-{time.monotonic()}")) == 51, 60
+        )
+    finally:
+        server.stop()
+
+
+def test_tracking_disabled_logs_nothing(
+    tiny_model_path: Path, tracking: TrackingServer, tmp_path: Path
+) -> None:
+    client = MlflowClient(tracking.url)
+    env = _env(tracking.url, tmp_path, ENABLE_MLFLOW_TRACKING="false")
+    server = ModelServer(tiny_model_path, tmp_path, env)
+    try:
+        for _ in range(5):
+            server.predict(2)
+        time.sleep(3)
+    finally:
+        server.stop()
+    assert _serving_runs(client) == []
+    assert not (tmp_path / "telemetry").exists()
+
+
+def test_two_workers_give_two_runs_whose_counts_add_up(
+    tiny_model_path: Path, tracking: TrackingServer, tmp_path: Path
+) -> None:
+    client = MlflowClient(tracking.url)
+    server = ModelServer(tiny_model_path, tmp_path, _env(tracking.url, tmp_path), workers=2)
+    try:
+        for _ in range(40):
+            server.predict(1)
+        assert _wait_for(lambda: len(_serving_runs(client)) == 2, 30)
+    finally:
+        server.stop()
+    runs = _serving_runs(client)
+    assert len({r.data.tags["pid"] for r in runs}) == 2
+    assert len({r.data.tags["session_id"] for r in runs}) == 2
+    totals = [
+        client.get_run(r.info.run_id).data.metrics.get("session_total_predictions", 0) for r in runs
+    ]
+    assert sum(totals) == 40
