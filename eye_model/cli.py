@@ -236,6 +236,63 @@ def score(images: tuple[str, ...], url: str, timeout: float) -> None:
 
 
 @main.command()
+@click.option(
+    "--model-uri",
+    default="models:/eye-disease-model/Production",
+    help="The served model; its reference profile is the comparison.",
+)
+@click.option("--window", type=int, default=1000, help="The last N records; 0: all.")
+@click.option("--since", default="", help="Only records from this time (epoch s or ISO 8601).")
+@click.option("--fail-on-drift", type=BOOL, default=False, help="Exit 1 when drift is detected.")
+@click.option("--alert-url", default="", help="POST a JSON alert here on drift (cooldown 1 h).")
+@click.option("--records", default="", help="Folder of inference-log parts instead of MLflow.")
+@click.option("--labels", default="", help="CSV (request_id,row,label): true accuracy.")
+def drift(
+    model_uri: str,
+    window: int,
+    since: str,
+    fail_on_drift: bool,
+    alert_url: str,
+    records: str,
+    labels: str,
+) -> None:
+    """Compare recent predictions with the training reference; log a drift run and report."""
+    from eye_model.monitoring import run_drift_job
+
+    try:
+        result = run_drift_job(
+            model_uri,
+            window=window,
+            since=since,
+            fail_on_drift=fail_on_drift,
+            alert_url=alert_url,
+            records_path=records,
+            labels_path=labels,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    report = result.report
+    click.echo(
+        json.dumps(
+            {
+                "run_id": result.run_id,
+                "status": report.status,
+                "drift_detected": report.drift_detected,
+                "drift_share": report.drift_share,
+                "flagged": [f"{f.family}.{f.feature}" for f in report.flagged_features],
+                "heuristics": [h.name for h in report.flagged_heuristics],
+                "n": report.n_window,
+                "estimated_accuracy": report.estimate.estimated_accuracy
+                if report.estimate
+                else None,
+                "alerted": result.alerted,
+            }
+        )
+    )
+    sys.exit(result.exit_code)
+
+
+@main.command()
 @click.option("--url", default=f"http://127.0.0.1:{SERVING_PORT}", help="Model server URL.")
 @click.option("--interval", type=float, default=30.0, help="Seconds between checks.")
 @click.option("--count", type=int, default=0, help="Number of checks; 0: until interrupted.")

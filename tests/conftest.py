@@ -83,7 +83,7 @@ class TrainedModel:
 
 @pytest.fixture(scope="session")
 def trained_model(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
-    """Train the small CNN for a few epochs on 240 generated 96 px images (about a minute).
+    """Train the small CNN for a few epochs on 360 generated 96 px images (about a minute).
 
     It has its own tracking store; tests that log to theirs reuse its network file.
     """
@@ -99,7 +99,7 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
     try:
         mlflow.set_tracking_uri(uri)
         result = run_training(
-            TrainConfig(synthetic_per_class=60, image_size=96, epochs=8, batch_size=32, seed=7)
+            TrainConfig(synthetic_per_class=90, image_size=96, epochs=8, batch_size=32, seed=7)
         )
         model_dir = Path(
             mlflow.artifacts.download_artifacts(result.model_uri, dst_path=str(home / "model"))

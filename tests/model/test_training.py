@@ -71,7 +71,7 @@ def test_reference_profile_has_the_serving_columns_and_no_names(
     expected = {"label", "predicted_class", "confidence", *PROB_COLUMNS, *IMAGE_STAT_NAMES}
     expected |= {f"emb_{k}" for k in range(8)}
     assert set(profile.columns) == expected
-    assert len(profile) == 36  # the validation split: 15 % of 240
+    assert len(profile) == 56  # the validation split: 14 per class of 90
     np.testing.assert_allclose(profile[list(PROB_COLUMNS)].sum(axis=1), 1.0, atol=1e-6)
     # The embedding is a PCA projection: its first component carries the most variance.
     variances = profile[[f"emb_{k}" for k in range(8)]].var().to_numpy()

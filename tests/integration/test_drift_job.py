@@ -1,0 +1,192 @@
+"""The drift entry point: window from MLflow or a folder, the drift run and its reports,
+insufficient data, alerts with a cooldown, and the exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import keras
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from PIL import ImageEnhance
+
+from eye_model.monitoring import parse_since, run_drift_job
+from eye_model.pyfunc import ModelConfig, log_model
+from eye_model.serving import find_free_port
+from eye_model.validation import load_classifier, render_pool, score_images
+from tests.conftest import TrainedModel
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def scored(trained_model: TrainedModel) -> dict[str, pd.DataFrame]:
+    """Serving records of unaltered and of darkened images, scored by the trained model."""
+    model = load_classifier(trained_model.model_dir)
+    images, labels = render_pool(60, 256, seed=4242)
+    dark = [ImageEnhance.Brightness(im).enhance(0.6) for im in images]
+    return {"clean": score_images(model, images, labels), "dark": score_images(model, dark, labels)}
+
+
+def _write_parts(records: pd.DataFrame, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    records.drop(columns=["label"]).to_json(
+        folder / "part-00000.jsonl", orient="records", lines=True
+    )
+    return folder
+
+
+def test_since_accepts_epoch_and_iso() -> None:
+    assert parse_since("") is None
+    assert parse_since("1700000000") == 1700000000.0
+    assert parse_since("2023-11-14T22:13:20Z") == 1700000000.0
+    with pytest.raises(ValueError, match="ISO 8601"):
+        parse_since("yesterday")
+
+
+def test_drift_run_from_a_local_folder(
+    trained_model: TrainedModel, scored: dict[str, pd.DataFrame], tmp_path: Path
+) -> None:
+    folder = _write_parts(scored["dark"], tmp_path / "records")
+    result = run_drift_job(str(trained_model.model_dir), window=0, records_path=str(folder))
+    report = result.report
+    assert report.status == "drift"
+    assert "image" in {f.family for f in report.flagged_features}
+    client = MlflowClient()
+    run = client.get_run(result.run_id)
+    assert run.data.tags["role"] == "drift"
+    assert run.data.tags["source_run_id"] == trained_model.run_id
+    assert run.data.params["n"] == "240"
+    assert run.data.params["window_start"]
+    metrics = run.data.metrics
+    assert metrics["drift_detected"] == 1
+    for key in ("recent_avg_confidence", "recent_low_confidence_ratio", "drift_share"):
+        assert key in metrics
+    assert "estimated_accuracy" in metrics
+    assert "estimated_macro_f1" in metrics
+    assert metrics["drift.image.img_brightness.flag"] == 1
+    assert metrics["drift.image.img_brightness.effect"] >= 0.1
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"drift_report.json", "drift_report.html"} <= artifacts
+    local = mlflow.artifacts.download_artifacts(run_id=result.run_id, dst_path=str(tmp_path / "a"))
+    body = json.loads((Path(local) / "drift_report.json").read_text())
+    assert body["schema_version"] == 1
+    html = (Path(local) / "drift_report.html").read_text()
+    assert "<img" in html
+    assert "img_brightness" in html
+
+
+def test_no_drift_stays_quiet_and_small_windows_are_insufficient(
+    trained_model: TrainedModel, scored: dict[str, pd.DataFrame], tmp_path: Path
+) -> None:
+    folder = _write_parts(scored["clean"], tmp_path / "clean")
+    quiet = run_drift_job(str(trained_model.model_dir), window=0, records_path=str(folder))
+    assert quiet.report.status == "ok"
+    assert not quiet.report.drift_detected
+    estimate = quiet.report.estimate
+    assert estimate.reliable
+    low, high = estimate.estimated_accuracy_interval
+    assert low <= estimate.estimated_accuracy <= high
+    small = run_drift_job(str(trained_model.model_dir), window=50, records_path=str(folder))
+    assert small.report.status == "insufficient_data"
+    assert not small.report.drift_detected
+    assert small.exit_code == 0
+
+
+def test_window_is_gathered_from_serving_runs(
+    trained_model: TrainedModel, scored: dict[str, pd.DataFrame], tmp_path: Path
+) -> None:
+    """Serving runs are found by the training run of the model they served."""
+    artifacts = trained_model.model_dir / "artifacts"
+    network = keras.saving.load_model(artifacts / "network.keras", compile=False)
+    config = ModelConfig.from_json((artifacts / "config.json").read_text())
+    profile = pd.read_parquet(artifacts / "reference_profile.parquet")
+    mlflow.set_experiment("drift-job")
+    with mlflow.start_run() as training:
+        log_model(network, config, reference_profile=profile)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("drift-job").experiment_id
+    for part, half in enumerate((scored["dark"].iloc[:120], scored["dark"].iloc[120:])):
+        serving = client.create_run(
+            experiment, tags={"role": "serving", "source_run_id": training.info.run_id}
+        )
+        path = _write_parts(half, tmp_path / f"serving-{part}") / "part-00000.jsonl"
+        client.log_artifact(serving.info.run_id, str(path), artifact_path="inference_log")
+        client.set_terminated(serving.info.run_id)
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    result = run_drift_job(f"runs:/{training.info.run_id}/model", window=0)
+    assert result.report.n_window == 240
+    assert result.report.drift_detected
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    received: list[dict[str, object]] = []
+
+    def do_POST(self) -> None:
+        length = int(self.headers["Content-Length"])
+        _Receiver.received.append(json.loads(self.rfile.read(length)))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def alert_url() -> Iterator[str]:
+    _Receiver.received = []
+    server = HTTPServer(("127.0.0.1", find_free_port()), _Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/hook"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_alert_is_posted_once_per_cooldown_and_exit_code_signals_drift(
+    trained_model: TrainedModel,
+    scored: dict[str, pd.DataFrame],
+    tmp_path: Path,
+    alert_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("EYE_MODEL_HOME", str(tmp_path / "home"))
+    folder = str(_write_parts(scored["dark"], tmp_path / "records"))
+    command = [
+        str(Path(sys.executable).parent / "eye-model"),
+        "drift",
+        "--model-uri",
+        str(trained_model.model_dir),
+        "--window",
+        "0",
+        "--records",
+        folder,
+        "--alert-url",
+        alert_url,
+        "--fail-on-drift",
+        "true",
+    ]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ)
+    assert first.returncode == 1, first.stderr[-2000:]
+    summary = json.loads(first.stdout.strip().splitlines()[-1])
+    assert summary["drift_detected"] is True
+    assert summary["alerted"] is True
+    (alert,) = _Receiver.received
+    assert alert["n"] == 240
+    assert {"statistic", "threshold", "run_url", "feature"} <= set(alert)
+    assert summary["run_id"] in alert["run_url"]
+    second = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ)
+    assert second.returncode == 1
+    assert json.loads(second.stdout.strip().splitlines()[-1])["alerted"] is False
+    assert len(_Receiver.received) == 1
