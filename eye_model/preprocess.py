@@ -36,6 +36,15 @@ IMAGE_STAT_NAMES: tuple[str, ...] = (
     "img_mean_r",
     "img_mean_g",
     "img_mean_b",
+    "img_jpeg_quality",
+)
+
+# The luminance quantisation table of the JPEG standard (Annex K), quality 50.
+_STANDARD_LUMA_TABLE_SUM = sum(
+    (16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55)
+    + (14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62)
+    + (18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92)
+    + (49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99)
 )
 
 _DATA_URI = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
@@ -260,6 +269,7 @@ def decode_image(
     source_format = image.format or "unknown"
     source_mode = image.mode
     width, height = image.size
+    jpeg_quality = estimate_jpeg_quality(image) if source_format == "JPEG" else None
     try:
         if image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
             width, height = height, width
@@ -271,6 +281,8 @@ def decode_image(
         image = _fit_square(image, image_size)
         pixels = np.asarray(image, dtype=np.uint8)
         stats = compute_image_stats(image) if with_stats else {}
+        if with_stats and jpeg_quality is not None:
+            stats["img_jpeg_quality"] = jpeg_quality
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError) as exc:
         raise ImageError(
             f"image data is truncated or corrupt ({exc}); send the complete, unmodified file"
@@ -286,6 +298,26 @@ def decode_image(
     )
 
 
+def estimate_jpeg_quality(image: Image.Image) -> float | None:
+    """Estimate the JPEG quality (1-100, libjpeg scale) from the quantisation tables.
+
+    Read from the header, so it costs nothing; a change of camera or export settings
+    shows up here long before it shows in the pixels.
+
+    Returns:
+        The estimated quality, or None for a source that is not a JPEG.
+    """
+    tables = getattr(image, "quantization", None)
+    if not tables:
+        return None
+    luma = list(tables.get(0, next(iter(tables.values()))))
+    if len(luma) != 64:
+        return None
+    scale = 100.0 * sum(luma) / _STANDARD_LUMA_TABLE_SUM
+    quality = (200.0 - scale) / 2.0 if scale <= 100.0 else 5000.0 / scale
+    return float(min(100.0, max(1.0, quality)))
+
+
 def compute_image_stats(pixels: np.ndarray | Image.Image) -> dict[str, float]:
     """Summarise an RGB image for monitoring: no pixels leave this function.
 
@@ -295,7 +327,8 @@ def compute_image_stats(pixels: np.ndarray | Image.Image) -> dict[str, float]:
     Returns:
         ``img_brightness`` (mean luma, 0-255), ``img_contrast`` (standard deviation
         of luma, 0-255), ``img_sharpness`` (variance of the 4-neighbour Laplacian
-        of luma), ``img_mean_r``/``_g``/``_b`` (channel means, 0-255).
+        of luma), ``img_mean_r``/``_g``/``_b`` (channel means, 0-255). The source's
+        ``img_jpeg_quality`` is added by :func:`decode_image`, which sees the header.
     """
     image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels, "RGB")
     gray = image.convert("L")

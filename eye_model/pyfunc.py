@@ -411,6 +411,7 @@ def pip_requirements() -> list[str]:
     """Pinned requirements of the serving environment (``--env-manager virtualenv``)."""
     import keras
     import PIL
+    import scipy
     import tensorflow as tf
 
     return [
@@ -420,6 +421,7 @@ def pip_requirements() -> list[str]:
         f"pillow=={PIL.__version__}",
         f"numpy=={np.__version__}",
         f"pandas=={pd.__version__}",
+        f"scipy=={scipy.__version__}",  # the serving window's drift heuristics
     ]
 
 

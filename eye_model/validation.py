@@ -24,8 +24,9 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 from eye_model.config import CLASS_NAMES
 from eye_model.drift import DriftConfig, compute_drift
 
-#: Alteration of one image: (image, random generator) → altered image.
-Alteration = Callable[[Image.Image, np.random.Generator], Image.Image]
+#: Alteration of one image: (image, random generator) → altered image, or the file a camera
+#: would send (bytes), when the alteration is in the encoding itself.
+Alteration = Callable[[Image.Image, np.random.Generator], "Image.Image | bytes"]
 
 
 def _brightness(factor: float) -> Alteration:
@@ -36,10 +37,10 @@ def _blur(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     return image.filter(ImageFilter.GaussianBlur(radius=image.width * 0.012))
 
 
-def _jpeg_30(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+def _jpeg_30(image: Image.Image, rng: np.random.Generator) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=30)
-    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    return buffer.getvalue()
 
 
 def _colour_cast(image: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -107,18 +108,27 @@ def load_classifier(model_path: str | Path) -> object:
     return mlflow.pyfunc.load_model(str(model_path)).unwrap_python_model()
 
 
-def score_images(model: object, images: list[Image.Image], labels: list[str]) -> pd.DataFrame:
+def score_images(
+    model: object, images: list[Image.Image | bytes], labels: list[str], seed: int = 0
+) -> pd.DataFrame:
     """Score images with the classifier and return serving-format inference records (+ ``label``).
 
-    The images go through JPEG encoding and ``EyeDiseaseClassifier.score_images``, and the
-    records through ``eye_model.telemetry.build_records``: what the serving side logs.
+    Pictures are saved as JPEG with the camera qualities of the synthetic training set
+    (files, bytes, are sent as they are), then go through
+    ``EyeDiseaseClassifier.score_images``; the records through
+    ``eye_model.telemetry.build_records``: what the serving side logs.
     """
+    from eye_model.synthetic import JPEG_QUALITY_RANGE
     from eye_model.telemetry import ModelIdentity, build_records
 
+    rng = np.random.default_rng(seed)
     encoded = []
     for image in images:
+        if isinstance(image, bytes):
+            encoded.append(image)
+            continue
         buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=92)
+        image.save(buffer, "JPEG", quality=int(rng.integers(*JPEG_QUALITY_RANGE, endpoint=True)))
         encoded.append(buffer.getvalue())
     rows = model.score_images(encoded)  # type: ignore[attr-defined]
     records = pd.DataFrame(build_records(rows, request_id="validation", identity=ModelIdentity()))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole lifecycle on embedded defaults, on a fresh machine with no data and no network:
 # tracking server (SQLite + local artifacts) on 5000 → train on generated images → register
-# → serve on 8080 → score sample images → print where to look.
+# → promote to Production → serve on 8080 → score sample images → probe → drift → print
+# where to look.
 #
 # Environment (all optional): EYE_MODEL_HOME (state folder, default ./.eye-model),
 # MLFLOW_MODEL_NAME, MLFLOW_EXPERIMENT_NAME, QUICKSTART_PER_CLASS, QUICKSTART_EPOCHS.
@@ -18,27 +19,46 @@ SERVING_PORT="${SERVING_PORT:-8080}"
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "1/5 tracking server on ${MLFLOW_TRACKING_URI} (SQLite + local artifacts in ${EYE_MODEL_HOME})"
+step "1/8 tracking server on ${MLFLOW_TRACKING_URI} (SQLite + local artifacts in ${EYE_MODEL_HOME})"
 eye-model stack up --home "$EYE_MODEL_HOME" --tracking-port "${TRACKING_PORT:-5000}"
 
-step "2/5 train on a generated synthetic fundus set and register it as ${MODEL_NAME}"
+step "2/8 train on a generated synthetic fundus set and register it as ${MODEL_NAME}"
 mlflow run . -e train --env-manager local --experiment-name "$MLFLOW_EXPERIMENT_NAME" \
     -P synthetic_per_class="$PER_CLASS" -P epochs="$EPOCHS" -P register_as="$MODEL_NAME"
 
-MODEL_URI="models:/${MODEL_NAME}/latest"
+step "3/8 promote the new version to Production (quality gate against the current one)"
+mlflow run . -e promote --env-manager local -P model_name="$MODEL_NAME" -P version=latest \
+    -P stage=Production
 
-step "3/5 serve ${MODEL_URI} on port ${SERVING_PORT}"
+MODEL_URI="models:/${MODEL_NAME}/Production"
+
+step "4/8 serve ${MODEL_URI} on port ${SERVING_PORT} (predictions are tracked in MLflow)"
 eye-model stack up --home "$EYE_MODEL_HOME" --tracking-port "${TRACKING_PORT:-5000}" \
     --serving-port "$SERVING_PORT" --model-uri "$MODEL_URI"
 
-step "4/5 score sample images (new synthetic photos, one set per class)"
+step "5/8 score sample images (new synthetic photos of each class)"
 SAMPLES="$EYE_MODEL_HOME/samples"
-eye-model synthesize --out-dir "$SAMPLES" --per-class 2 --image-size 512 --seed 2024 >/dev/null
-eye-model score --url "http://127.0.0.1:${SERVING_PORT}" "$SAMPLES"/*/*.jpg
+eye-model synthesize --out-dir "$SAMPLES" --per-class 60 --image-size 336 --seed 2024 >/dev/null
+eye-model score --url "http://127.0.0.1:${SERVING_PORT}" "$SAMPLES"/*/*_0000[0-1].jpg
+# A steady stream for the monitor: 240 more predictions, sent in batches.
+for class_dir in "$SAMPLES"/*/; do
+    eye-model score --url "http://127.0.0.1:${SERVING_PORT}" "$class_dir"*.jpg >/dev/null
+done
 
-step "5/5 done"
+step "6/8 health probe of the model server (3 checks)"
+mlflow run . -e probe --env-manager local -P url="http://127.0.0.1:${SERVING_PORT}" \
+    -P interval=1 -P count=3
+
+step "7/8 drift: recent predictions against the training reference"
+# The model server delivers its inference log every few seconds.
+sleep 8
+mlflow run . -e drift --env-manager local -P model_uri="$MODEL_URI" -P window=1000
+
+step "8/8 done"
 cat <<MSG
-MLflow UI (runs, metrics, registered models): ${MLFLOW_TRACKING_URI}
+MLflow UI: ${MLFLOW_TRACKING_URI}
+  experiment ${MLFLOW_EXPERIMENT_NAME}: runs tagged role=training, serving, probe and drift
+  (the drift run holds drift_report.html); registered model ${MODEL_NAME} under Models.
 REST API:  curl -s http://127.0.0.1:${SERVING_PORT}/ping ; POST images to /invocations
 Logs:      eye-model stack logs --home ${EYE_MODEL_HOME}
 Stop all:  eye-model stack down --home ${EYE_MODEL_HOME}

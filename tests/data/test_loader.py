@@ -120,7 +120,7 @@ def test_split_is_stratified_and_seeded(tmp_path: Path) -> None:
     for split, share in ((first.train, 14), (first.validation, 3), (first.test, 3)):
         assert split.class_counts() == dict.fromkeys(CLASS_NAMES, share)
     assert first.train.pixels.shape == (56, 32, 32, 3)
-    assert first.train.stats.shape == (56, 6)
+    assert first.train.stats.shape == (56, 7)
 
 
 def test_stratified_split_covers_every_item_once() -> None:
