@@ -136,7 +136,7 @@ def _read_and_decode(path: str, image_size: int) -> tuple[str, object]:
     try:
         data = Path(path).read_bytes()
         digest = hashlib.sha256(data).hexdigest()
-        return digest, decode_image(data, image_size)
+        return digest, decode_image(data, image_size, with_stats=True)
     except (OSError, ImageError) as exc:
         return "", str(exc)
 

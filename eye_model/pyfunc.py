@@ -41,8 +41,9 @@ IMAGE_COLUMN = "image"
 IMAGE_ID_COLUMN = "image_id"
 #: Output columns, in order (``image_id`` first when the input had it).
 OUTPUT_COLUMNS: tuple[str, ...] = ("predicted_class", "confidence", *PROB_COLUMNS, "error")
-#: Images per network call.
-DEFAULT_BATCH_SIZE = 32
+#: Images per network call: small batches let the network start while the pool decodes
+#: the rest, and on two CPU cores batch 8 runs as fast per image as batch 32.
+DEFAULT_BATCH_SIZE = 8
 
 _NETWORK_ARTIFACT = "network"
 _CONFIG_ARTIFACT = "config"
@@ -162,11 +163,18 @@ class ScoredImage:
 
 
 def _decode_row(
-    index: int, value: object, image_size: int, max_pixels: int, max_bytes: int
+    index: int,
+    value: object,
+    image_size: int,
+    max_pixels: int,
+    max_bytes: int,
+    with_stats: bool = False,
 ) -> ScoredImage:
     start = time.perf_counter()
     try:
-        image = decode_image(value, image_size, max_pixels=max_pixels, max_bytes=max_bytes)
+        image = decode_image(
+            value, image_size, max_pixels=max_pixels, max_bytes=max_bytes, with_stats=with_stats
+        )
         scored = ScoredImage(index=index, image=image)
     except ImageError as exc:
         scored = ScoredImage(index=index, error=str(exc))
@@ -222,13 +230,15 @@ class EyeDiseaseClassifier(mlflow.pyfunc.PythonModel):
 
         config = TelemetryConfig.from_env()
         self._request_log = in_scoring_server()
-        self._telemetry = (
-            Telemetry(config, read_model_identity(model_dir)) if config.active_here() else None
-        )
+        self._telemetry = None
+        if config.active_here():
+            self._telemetry = Telemetry(config, read_model_identity(model_dir))
+        # Telemetry computes the image statistics in its own thread, from the pixels.
+        self._keep_pixels = self._telemetry is not None
 
     # -- scoring --------------------------------------------------------------------------
 
-    def _decode_ahead(self, values: list[object]) -> Iterator[ScoredImage]:
+    def _decode_ahead(self, values: list[object], with_stats: bool) -> Iterator[ScoredImage]:
         """Yield decoded rows in order while the pool decodes up to three batches ahead."""
         size = self.config.image_size
         pending: collections.deque[Future[ScoredImage]] = collections.deque()
@@ -236,7 +246,9 @@ class EyeDiseaseClassifier(mlflow.pyfunc.PythonModel):
         limit = self.batch_size * 3
         for index, value in items:
             pending.append(
-                self._pool.submit(_decode_row, index, value, size, self.max_pixels, self.max_bytes)
+                self._pool.submit(
+                    _decode_row, index, value, size, self.max_pixels, self.max_bytes, with_stats
+                )
             )
             if len(pending) >= limit:
                 yield pending.popleft().result()
@@ -258,20 +270,25 @@ class EyeDiseaseClassifier(mlflow.pyfunc.PythonModel):
             row.probabilities = prob
             row.embedding = emb
             row.network_ms = share
-            row.image.pixels = None  # nothing of the image is kept past this point
+            if not getattr(self, "_keep_pixels", False):
+                row.image.pixels = None  # nothing of the image is kept past this point
 
-    def score_images(self, values: Iterable[object]) -> list[ScoredImage]:
+    def score_images(
+        self, values: Iterable[object], *, with_stats: bool = False
+    ) -> list[ScoredImage]:
         """Decode and score images, one :class:`ScoredImage` per value, in order.
 
         Args:
             values: base64 text or bytes, one per image.
+            with_stats: compute the image statistics while decoding (offline use; when
+                serving, telemetry computes them off the request path).
 
         Returns:
             The scored rows; a bad image gets ``error`` and no probabilities.
         """
         rows: list[ScoredImage] = []
         batch: list[ScoredImage] = []
-        for row in self._decode_ahead(list(values)):
+        for row in self._decode_ahead(list(values), with_stats):
             rows.append(row)
             if row.error is None:
                 batch.append(row)

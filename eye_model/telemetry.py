@@ -200,6 +200,7 @@ def build_records(
     request_id: str,
     identity: ModelIdentity,
     image_ids: Sequence[object] | None = None,
+    timestamp: float | None = None,
 ) -> list[dict[str, Any]]:
     """One inference record per scored row (``eye_model.pyfunc.ScoredImage``), no pixels.
 
@@ -208,7 +209,7 @@ def build_records(
     ``inference_ms``, ``predicted_class``, ``confidence`` (0-1), ``prob_<class>``,
     ``img_*`` (metadata and statistics) and ``emb_0`` … ``emb_7``.
     """
-    now = time.time()
+    now = time.time() if timestamp is None else timestamp
     records = []
     for i, row in enumerate(rows):
         record: dict[str, Any] = {
@@ -318,7 +319,7 @@ class Telemetry:
         self.started_at = time.time()
         self.run_id: str | None = None
         self.dropped_records = 0
-        self._queue: queue.SimpleQueue[list[dict[str, Any]] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._state = _SessionState(window=deque(maxlen=config.window_size))
         self._state_lock = threading.Lock()
         self._pending_session_metrics: list[tuple[int, dict[str, float]]] = []
@@ -375,15 +376,30 @@ class Telemetry:
     # -- writer thread ------------------------------------------------------------------------
 
     def _write_loop(self) -> None:
+        from eye_model.preprocess import compute_image_stats
+
         while True:
-            batch = self._queue.get()
-            if batch is None:
+            item = self._queue.get()
+            if item is None:
                 return
+            rows, request_id, image_ids, stamp = item
             try:
+                for row in rows:
+                    image = row.image
+                    if image is not None and image.pixels is not None:
+                        image.stats = {**compute_image_stats(image.pixels), **image.stats}
+                        image.pixels = None
+                batch = build_records(
+                    rows,
+                    request_id=request_id,
+                    identity=self.identity,
+                    image_ids=image_ids,
+                    timestamp=stamp,
+                )
                 self._update_state(batch)  # numbers each record: its "count" is the metric step
                 self.log.append(batch)
             except Exception:
-                logger.exception("telemetry could not write %d records locally", len(batch))
+                logger.exception("telemetry could not write %d records locally", len(rows))
 
     def _update_state(self, records: list[dict[str, Any]]) -> None:
         with self._state_lock:

@@ -184,6 +184,16 @@ def _log_figure(fig: Any, name: str) -> None:
     plt.close(fig)
 
 
+def _log_new_params(run_id: str, params: dict[str, Any]) -> None:
+    """Log the parameters the run does not hold yet.
+
+    ``mlflow run`` logs the entry point's parameters itself (an empty string as ``''``);
+    logging them again with another spelling would be refused as a change.
+    """
+    existing = mlflow.get_run(run_id).data.params
+    mlflow.log_params({k: v for k, v in params.items() if k not in existing})
+
+
 def run_training(config: TrainConfig) -> TrainResult:
     """Train, calibrate, profile, log and evaluate one model.
 
@@ -217,7 +227,7 @@ def run_training(config: TrainConfig) -> TrainResult:
                 "backbone": config.backbone,
             }
         )
-        mlflow.log_params(asdict(config) | {"data_dir": "(synthetic)" if synthetic else "(folder)"})
+        _log_new_params(run.info.run_id, asdict(config))
         mlflow.log_params(
             {
                 "data.train": len(dataset.train),

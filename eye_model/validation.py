@@ -130,7 +130,7 @@ def score_images(
         buffer = io.BytesIO()
         image.save(buffer, "JPEG", quality=int(rng.integers(*JPEG_QUALITY_RANGE, endpoint=True)))
         encoded.append(buffer.getvalue())
-    rows = model.score_images(encoded)  # type: ignore[attr-defined]
+    rows = model.score_images(encoded, with_stats=True)  # type: ignore[attr-defined]
     records = pd.DataFrame(build_records(rows, request_id="validation", identity=ModelIdentity()))
     records["label"] = labels
     records["timestamp"] = np.arange(len(records), dtype=float)

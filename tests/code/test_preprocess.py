@@ -155,7 +155,7 @@ def test_letterbox_keeps_the_field_round() -> None:
 def test_metadata_describes_the_source_without_pixels() -> None:
     large = draw_fundus_like(1200, seed=1)
     data = encode(large, "JPEG", quality=85)
-    image = decode_image(b64(data), 224)
+    image = decode_image(b64(data), 224, with_stats=True)
     meta = image.metadata()
     assert meta["img_width"] == 1200 and meta["img_height"] == 1200
     assert meta["img_format"] == "JPEG" and meta["img_mode"] == "RGB"
