@@ -265,6 +265,10 @@ def run_drift_job(
     else:
         records = gather_records(served.source_run_id, client=client)
     since_s = parse_since(since)
+    if records.empty:
+        logger.warning("no inference records found for %s: reporting insufficient data", model_uri)
+        # No records yet: an empty window with the reference's columns is "insufficient data".
+        records = pd.DataFrame(columns=[c for c in served.reference.columns if c != "label"])
     selected = select_window(records, window or None, since_s) if not records.empty else records
     if labels_path and not selected.empty:
         selected = _attach_labels(selected, labels_path)

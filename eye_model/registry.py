@@ -54,8 +54,8 @@ class PromotionRefused(RegistryError):
 def quiet_stage_deprecation() -> Iterator[None]:
     """Hide MLflow's FutureWarning about stages: using them is the users' explicit choice."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"mlflow\..*")
-        warnings.filterwarnings("ignore", message=r".*[Ss]tage.*deprecated.*")
+        # MLflow warns with the caller's module, so filter by category and message.
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*deprecated.*")
         yield
 
 

@@ -382,8 +382,8 @@ class Telemetry:
             item = self._queue.get()
             if item is None:
                 return
-            rows, request_id, image_ids, stamp = item
             try:
+                rows, request_id, image_ids, stamp = item
                 for row in rows:
                     image = row.image
                     if image is not None and image.pixels is not None:
@@ -399,7 +399,8 @@ class Telemetry:
                 self._update_state(batch)  # numbers each record: its "count" is the metric step
                 self.log.append(batch)
             except Exception:
-                logger.exception("telemetry could not write %d records locally", len(rows))
+                # One bad item must not stop the thread: log it and go on with the next.
+                logger.exception("telemetry could not write a request's records locally")
 
     def _update_state(self, records: list[dict[str, Any]]) -> None:
         with self._state_lock:
