@@ -30,6 +30,7 @@ from eye_model.drift import (
     select_window,
     write_html_report,
 )
+from eye_model.runs import log_new_params
 from eye_model.telemetry import INFERENCE_LOG_ARTIFACT_DIR, _without_credentials
 
 logger = logging.getLogger(__name__)
@@ -291,7 +292,8 @@ def run_drift_job(
         stamps = (
             selected["timestamp"] if "timestamp" in selected.columns else pd.Series(dtype=float)
         )
-        mlflow.log_params(
+        log_new_params(
+            run.info.run_id,
             {
                 "window": window,
                 "since": "" if since_s is None else since_s,
@@ -302,7 +304,7 @@ def run_drift_job(
                 "n_reference": len(served.reference),
                 "alpha": report.config.alpha,
                 "effect_floor": report.config.effect_floor,
-            }
+            },
         )
         mlflow.log_metrics(report.metrics())
         report.write_json(Path(tmp) / "drift_report.json")

@@ -32,6 +32,7 @@ from eye_model.evaluate import (
     score_files,
 )
 from eye_model.pyfunc import ModelConfig, NetworkRunner, log_model
+from eye_model.runs import log_new_params
 
 logger = logging.getLogger(__name__)
 
@@ -184,16 +185,6 @@ def _log_figure(fig: Any, name: str) -> None:
     plt.close(fig)
 
 
-def _log_new_params(run_id: str, params: dict[str, Any]) -> None:
-    """Log the parameters the run does not hold yet.
-
-    ``mlflow run`` logs the entry point's parameters itself (an empty string as ``''``);
-    logging them again with another spelling would be refused as a change.
-    """
-    existing = mlflow.get_run(run_id).data.params
-    mlflow.log_params({k: v for k, v in params.items() if k not in existing})
-
-
 def run_training(config: TrainConfig) -> TrainResult:
     """Train, calibrate, profile, log and evaluate one model.
 
@@ -227,7 +218,7 @@ def run_training(config: TrainConfig) -> TrainResult:
                 "backbone": config.backbone,
             }
         )
-        _log_new_params(run.info.run_id, asdict(config))
+        log_new_params(run.info.run_id, asdict(config))
         mlflow.log_params(
             {
                 "data.train": len(dataset.train),
