@@ -102,7 +102,7 @@ def load_served_model(model_uri: str, client: MlflowClient | None = None) -> Ser
                     )
                 else:
                     found = client.get_latest_versions(name, stages=[ref])[0]
-        version = found.version
+        version = str(found.version)
         model_uri = f"models:/{name}/{version}"
     with tempfile.TemporaryDirectory(prefix="eye-model-drift-") as tmp:
         local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=tmp))

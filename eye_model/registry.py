@@ -147,7 +147,7 @@ def register_model(
         version = mlflow.register_model(model_uri, model_name, tags=tags)
     client.update_model_version(model_name, version.version, description=" ".join(description))
     logger.info("registered %s as version %s of %s", model_uri, version.version, model_name)
-    return client.get_model_version(model_name, version.version)
+    return client.get_model_version(model_name, str(version.version))
 
 
 def resolve_version(model_name: str, version: str, client: MlflowClient | None = None) -> str:
@@ -160,12 +160,12 @@ def resolve_version(model_name: str, version: str, client: MlflowClient | None =
             "`mlflow run . -e register -P model_uri=runs:/<run_id>/model`"
         )
     if str(version).strip().lower() in ("", "latest"):
-        return versions[-1].version
+        return str(versions[-1].version)
     wanted = str(int(float(version)))
-    if wanted not in {v.version for v in versions}:
+    if wanted not in {str(v.version) for v in versions}:
         raise RegistryError(
             f"{model_name!r} has no version {wanted}; "
-            f"it has {', '.join(v.version for v in versions)}"
+            f"it has {', '.join(str(v.version) for v in versions)}"
         )
     return wanted
 
@@ -187,7 +187,7 @@ def sync_aliases(model_name: str, client: MlflowClient | None = None) -> dict[st
     versions = _versions(model_name, client)
     result: dict[str, str | None] = {}
     for alias, stage in ((CHAMPION, "Production"), (CHALLENGER, "Staging")):
-        holders = [v.version for v in versions if v.current_stage == stage]
+        holders = [str(v.version) for v in versions if v.current_stage == stage]
         if holders:
             client.set_registered_model_alias(model_name, alias, holders[-1])
             result[alias] = holders[-1]
@@ -261,7 +261,7 @@ def promote(
     result = PromotionResult(model_name, version, stage, decision="moved")
     with quiet_stage_deprecation():
         current = [v for v in _versions(model_name, client) if v.current_stage == "Production"]
-        previous = current[-1].version if current else None
+        previous = str(current[-1].version) if current else None
         if stage == "Production" and previous and previous != version:
             data_dir = _gate_data_dir(eval_data_dir)
             candidate = evaluate_model_on_folder(f"models:/{model_name}/{version}", data_dir)
@@ -421,7 +421,7 @@ def resolve_serving_model(
             "registry",
             f"{uri} is version {version.version}",
             name=settings.model_name,
-            version=version.version,
+            version=str(version.version),
         )
     except (MlflowException, RegistryError, OSError) as exc:
         why = str(exc).splitlines()[0][:300]

@@ -27,12 +27,16 @@ mlflow run . -e train --env-manager local --experiment-name "$MLFLOW_EXPERIMENT_
     -P synthetic_per_class="$PER_CLASS" -P epochs="$EPOCHS" -P register_as="$MODEL_NAME"
 
 step "3/8 promote the new version to Production (quality gate against the current one)"
-mlflow run . -e promote --env-manager local -P model_name="$MODEL_NAME" -P version=latest \
-    -P stage=Production
+if ! mlflow run . -e promote --env-manager local -P model_name="$MODEL_NAME" -P version=latest \
+    -P stage=Production; then
+    echo "The quality gate kept the current Production version (see the message above)."
+fi
 
 MODEL_URI="models:/${MODEL_NAME}/Production"
 
 step "4/8 serve ${MODEL_URI} on port ${SERVING_PORT} (predictions are tracked in MLflow)"
+# A model server left by an earlier run serves an older version: restart the stack.
+eye-model stack down --home "$EYE_MODEL_HOME"
 eye-model stack up --home "$EYE_MODEL_HOME" --tracking-port "${TRACKING_PORT:-5000}" \
     --serving-port "$SERVING_PORT" --model-uri "$MODEL_URI"
 

@@ -101,11 +101,12 @@ def versions(server: dict[str, object], trained_model: TrainedModel) -> dict[str
 
 
 def _stages(client: MlflowClient) -> dict[str, str]:
-    return {v.version: v.current_stage for v in client.search_model_versions(f"name='{NAME}'")}
+    versions = client.search_model_versions(f"name='{NAME}'")
+    return {str(v.version): v.current_stage for v in versions}
 
 
 def _aliases(client: MlflowClient) -> dict[str, str]:
-    return dict(client.get_registered_model(NAME).aliases)
+    return {k: str(v) for k, v in client.get_registered_model(NAME).aliases.items()}
 
 
 def test_registered_versions_carry_provenance(versions: dict[str, str]) -> None:
