@@ -364,12 +364,14 @@ class Telemetry:
     def record(
         self, rows: Sequence[Any], *, request_id: str, image_ids: Sequence[object] | None
     ) -> None:
-        """Queue the records of one request (called from ``predict``; never raises)."""
+        """Queue the rows of one request (called from ``predict``: a queue put, never raising).
+
+        The rows still hold their pixels; the writer thread computes the image statistics,
+        builds the records and drops the pixels, all off the request path.
+        """
         try:
             ids = image_ids if self.config.log_image_ids else None
-            self._queue.put(
-                build_records(rows, request_id=request_id, identity=self.identity, image_ids=ids)
-            )
+            self._queue.put((rows, request_id, ids, time.time()))
         except Exception:  # telemetry must never fail a prediction
             logger.exception("telemetry could not record a request")
 
