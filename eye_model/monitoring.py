@@ -122,7 +122,12 @@ def load_served_model(model_uri: str, client: MlflowClient | None = None) -> Ser
 def read_local_records(folder: str | Path) -> pd.DataFrame:
     """Read every inference-log part (``*.jsonl``) under ``folder``."""
     paths = sorted(Path(folder).expanduser().rglob("*.jsonl"))
-    frames = [pd.read_json(path, lines=True) for path in paths if path.stat().st_size]
+    # convert_dates=False: pandas would turn the epoch-seconds "timestamp" into datetimes.
+    frames = [
+        pd.read_json(path, lines=True, convert_dates=False, keep_default_dates=False)
+        for path in paths
+        if path.stat().st_size
+    ]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 

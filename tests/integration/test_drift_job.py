@@ -14,6 +14,7 @@ from pathlib import Path
 
 import keras
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -96,10 +97,15 @@ def test_no_drift_stays_quiet_and_small_windows_are_insufficient(
     assert estimate.reliable
     low, high = estimate.estimated_accuracy_interval
     assert low <= estimate.estimated_accuracy <= high
+    # Real records carry epoch seconds: the window is the newest 50 of them.
+    recent = scored["clean"].assign(timestamp=1.79e9 + np.arange(len(scored["clean"])))
+    folder = _write_parts(recent, tmp_path / "recent")
     small = run_drift_job(str(trained_model.model_dir), window=50, records_path=str(folder))
     assert small.report.status == "insufficient_data"
     assert not small.report.drift_detected
     assert small.exit_code == 0
+    assert small.report.n_window == 50
+    assert small.report.window_end == pytest.approx(1.79e9 + 239)
 
 
 def test_window_is_gathered_from_serving_runs(
