@@ -322,19 +322,82 @@ def stack() -> None:
 @click.option("--tracking-port", type=int, default=TRACKING_PORT, help="Tracking server port.")
 @click.option("--serving-port", type=int, default=SERVING_PORT, help="Model server port.")
 @click.option("--host", default="127.0.0.1", help="Interface both servers listen on.")
+@click.option(
+    "--profile",
+    type=click.Choice(["embedded", "production"]),
+    default=None,
+    help="embedded: SQLite, local artifacts, no login; production: database server, proxied "
+    "artifacts, basic-auth [default: EYE_MODEL_STACK_PROFILE, else embedded]",
+)
+@click.option(
+    "--backend-store-uri",
+    default=None,
+    help="production: postgresql://USER@HOST:5432/DB [default: MLFLOW_BACKEND_STORE_URI]",
+)
+@click.option(
+    "--artifacts-destination",
+    default=None,
+    help="Folder or s3://bucket/path [default: <home>/mlartifacts; production: "
+    "MLFLOW_ARTIFACTS_DESTINATION first]",
+)
+@click.option(
+    "--auth-db-uri",
+    default=None,
+    help="production: user database [default: EYE_MODEL_AUTH_DB_URI, else "
+    "sqlite:///<home>/basic_auth.db]",
+)
+@click.option(
+    "--allowed-hosts", default=None, help="Host headers the tracking server answers (a,b,c)."
+)
 def stack_up(
-    model_uri: str, home: str | None, tracking_port: int, serving_port: int, host: str
+    model_uri: str,
+    home: str | None,
+    tracking_port: int,
+    serving_port: int,
+    host: str,
+    profile: str | None,
+    backend_store_uri: str | None,
+    artifacts_destination: str | None,
+    auth_db_uri: str | None,
+    allowed_hosts: str | None,
 ) -> None:
-    """Start the servers (those already running are kept) and wait until they are healthy."""
-    from eye_model.stack import StackPaths, start_model_server, start_tracking
+    """Start the servers (those already running are kept) and wait until they are healthy.
+
+    The production profile reads the admin password from EYE_MODEL_ADMIN_PASSWORD_FILE,
+    EYE_MODEL_ADMIN_PASSWORD, MLFLOW_AUTH_ADMIN_PASSWORD or MLFLOW_TRACKING_PASSWORD.
+    """
+    from eye_model.stack import (
+        StackPaths,
+        model_server_environment,
+        resolve_tracking_config,
+        start_model_server,
+        start_tracking,
+    )
 
     paths = StackPaths.from_env(home)
-    tracking_uri = start_tracking(paths, port=tracking_port, host=host)
-    click.echo(f"tracking server: {tracking_uri} (UI and API); logs in {paths.logs}")
-    if model_uri:
-        env = {"MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI", tracking_uri)}
-        url = start_model_server(paths, model_uri, port=serving_port, host=host, env=env)
-        click.echo(f"model server: {url}/invocations serving {model_uri}")
+    try:
+        config = resolve_tracking_config(
+            paths,
+            profile=profile,
+            backend_store_uri=backend_store_uri,
+            artifacts_destination=artifacts_destination,
+            auth_db_uri=auth_db_uri,
+            allowed_hosts=allowed_hosts,
+        )
+        tracking_uri = start_tracking(paths, port=tracking_port, host=host, config=config)
+        described = config.describe()
+        click.echo(f"tracking server: {tracking_uri} (UI and API); logs in {paths.logs}")
+        login = f", login required (user {config.admin_username!r})" if config.authenticated else ""
+        click.echo(
+            f"  {described['profile']}: backend {described['backend_store_uri']}, "
+            f"artifacts {described['artifacts_destination']}{login}"
+        )
+        if model_uri:
+            env = model_server_environment(tracking_uri, config)
+            url = start_model_server(paths, model_uri, port=serving_port, host=host, env=env)
+            click.echo(f"model server: {url}/invocations serving {model_uri}")
+    except RuntimeError as exc:  # StackError, or a server that did not start (log tail)
+        raise click.ClickException(str(exc)) from None
 
 
 @stack.command("down")
@@ -374,6 +437,94 @@ def stack_logs(home: str | None, lines: int) -> None:
         if log.exists():
             click.echo(f"==> {log} <==")
             click.echo("\n".join(log.read_text(errors="replace").splitlines()[-lines:]))
+
+
+def _store_options(function):
+    """Where the tracking data lives, shared by ``backup`` and ``restore``."""
+    options = [
+        click.option(
+            "--home", default=None, help="State folder (default EYE_MODEL_HOME or .eye-model)."
+        ),
+        click.option(
+            "--backend-store-uri",
+            default=None,
+            help="postgresql://USER@HOST/DB or sqlite:///PATH [default: MLFLOW_BACKEND_STORE_URI, "
+            "else what `stack up` recorded in <home>/stack.json]; with it, give the artifact "
+            "folder (and the auth database, if any) too",
+        ),
+        click.option(
+            "--artifacts-destination",
+            default=None,
+            help="Artifact folder [default: MLFLOW_ARTIFACTS_DESTINATION, else <home>/stack.json]",
+        ),
+        click.option(
+            "--auth-db-uri",
+            default=None,
+            help="basic-auth user database, '' for none [default: EYE_MODEL_AUTH_DB_URI, else "
+            "stack.json]",
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+@main.command()
+@click.option("--out", "out_dir", required=True, help="New or empty folder for the backup.")
+@_store_options
+def backup(
+    out_dir: str,
+    home: str | None,
+    backend_store_uri: str | None,
+    artifacts_destination: str | None,
+    auth_db_uri: str | None,
+) -> None:
+    """Back up the backend store (pg_dump or SQLite copy), the artifacts and the users.
+
+    Database passwords come from PGPASSWORD or ~/.pgpass; none is written to the backup.
+    """
+    from eye_model.backup import BackupError, backup_stores, locate_stores
+
+    try:
+        stores = locate_stores(
+            home,
+            backend_store_uri=backend_store_uri,
+            artifacts_destination=artifacts_destination,
+            auth_db_uri=auth_db_uri,
+        )
+        manifest = backup_stores(out_dir, stores)
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps({"out": str(Path(out_dir).resolve()), **manifest}))
+
+
+@main.command()
+@click.option("--from", "from_dir", required=True, help="A folder written by `eye-model backup`.")
+@_store_options
+def restore(
+    from_dir: str,
+    home: str | None,
+    backend_store_uri: str | None,
+    artifacts_destination: str | None,
+    auth_db_uri: str | None,
+) -> None:
+    """Restore a backup into an empty database and an empty artifact folder.
+
+    Create the database first (createdb NAME), restore, then start a tracking server on it.
+    """
+    from eye_model.backup import BackupError, locate_stores, restore_stores
+
+    try:
+        stores = locate_stores(
+            home,
+            backend_store_uri=backend_store_uri,
+            artifacts_destination=artifacts_destination,
+            auth_db_uri=auth_db_uri,
+        )
+        result = restore_stores(from_dir, stores)
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(result))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,827 @@
+"""The production stack: PostgreSQL backend store, proxied artifacts, basic-auth, backups.
+
+Fast tests check the configuration the stack writes. Slow tests run real servers: a
+SQLite backup and restore; and, against the PostgreSQL server at 127.0.0.1:5432 (a fresh
+database per run, dropped afterwards), the whole lifecycle behind a login (train →
+register → promote → serve → predict → telemetry → probe → drift), 401s for anonymous and
+wrong-password requests, backup and restore into a new database, and a scan that finds
+no credential in any log, param, tag, artifact or database row.
+
+With ``CI=true`` the PostgreSQL tests fail when the server is unreachable; elsewhere they
+are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+import pytest
+import requests
+from mlflow import MlflowClient
+
+from eye_model.stack import (
+    ADMIN_PASSWORD_FILE_ENV,
+    BASIC_AUTH_APP,
+    StackError,
+    StackPaths,
+    TrackingConfig,
+    read_admin_password,
+    read_stack_state,
+    redact_uri,
+    resolve_tracking_config,
+    split_password,
+    start_tracking,
+    stop_service,
+    tracking_server_launch,
+    with_installed_driver,
+)
+
+EYE_MODEL = str(Path(sys.executable).parent / "eye-model")
+PG_HOST = os.environ.get("EYE_MODEL_TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("EYE_MODEL_TEST_PG_PORT", "5432"))
+PG_USER = os.environ.get("EYE_MODEL_TEST_PG_USER", "postgres")
+MODEL_NAME = "eye-production-test"
+EXPERIMENT = "production-tests"
+SEARCH = "/api/2.0/mlflow/experiments/search?max_results=5"
+#: ``scheme://user:password@``: a URI that carries a credential.
+CREDENTIALED_URI = re.compile(rb"[a-z][a-z0-9+.-]*://[^\s/@:'\"]+:[^\s/@'\"]+@", re.IGNORECASE)
+
+
+# --- configuration (fast) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("uri", "redacted", "password"),
+    [
+        ("postgresql://eye:s3cr%40t@db:5432/mlflow", "postgresql://eye@db:5432/mlflow", "s3cr@t"),
+        (
+            "postgresql+psycopg2://eye@db/mlflow?sslmode=require&password=pw",
+            "postgresql+psycopg2://eye@db/mlflow?sslmode=require",
+            "pw",
+        ),
+        ("mysql://:pw@db/mlflow", "mysql://db/mlflow", "pw"),
+        ("sqlite:////abs/mlflow.db", "sqlite:////abs/mlflow.db", None),
+        ("s3://bucket/artifacts", "s3://bucket/artifacts", None),
+        ("/plain/folder", "/plain/folder", None),
+    ],
+)
+def test_passwords_are_taken_out_of_uris(uri: str, redacted: str, password: str | None) -> None:
+    assert redact_uri(uri) == redacted
+    assert split_password(uri) == (redacted, password)
+
+
+def test_production_profile_needs_a_database_server(tmp_path: Path) -> None:
+    paths = StackPaths(tmp_path)
+    with pytest.raises(StackError, match="MLFLOW_BACKEND_STORE_URI"):
+        resolve_tracking_config(paths, profile="production", environ={})
+    with pytest.raises(StackError, match="not a database server"):
+        resolve_tracking_config(
+            paths, profile="production", backend_store_uri=f"sqlite:///{tmp_path}/m.db"
+        )
+    with pytest.raises(StackError, match="profile 'prod' is unknown"):
+        resolve_tracking_config(paths, profile="prod")
+    with pytest.raises(StackError, match="default permission 'ALL' is unknown"):
+        resolve_tracking_config(
+            paths,
+            profile="production",
+            backend_store_uri="postgresql://u@h/db",
+            environ={"EYE_MODEL_DEFAULT_PERMISSION": "all"},
+        )
+
+
+def test_production_profile_from_environment(tmp_path: Path) -> None:
+    env = {
+        "EYE_MODEL_STACK_PROFILE": "production",
+        "MLFLOW_BACKEND_STORE_URI": "postgresql+psycopg2://eye@db:5432/mlflow",
+        "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "art"),
+        "MLFLOW_TRACKING_USERNAME": "operator",
+    }
+    config = resolve_tracking_config(StackPaths(tmp_path), environ=env)
+    assert config == TrackingConfig(
+        profile="production",
+        backend_store_uri="postgresql+psycopg2://eye@db:5432/mlflow",
+        artifacts_destination=str(tmp_path / "art"),
+        app_name=BASIC_AUTH_APP,
+        auth_db_uri=f"sqlite:///{tmp_path / 'basic_auth.db'}",
+        admin_username="operator",
+        default_permission="READ",
+    )
+    embedded = resolve_tracking_config(StackPaths(tmp_path), environ={})
+    assert embedded.profile == "embedded"
+    assert embedded.app_name is None
+    assert embedded.backend_store_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def test_a_bare_postgresql_uri_names_the_installed_driver(monkeypatch: pytest.MonkeyPatch) -> None:
+    import eye_model.stack as stack
+
+    monkeypatch.setattr(stack, "_installed", lambda module: module == "psycopg2")
+    assert with_installed_driver("postgresql://u@h/db") == "postgresql+psycopg2://u@h/db"
+    assert with_installed_driver("postgresql+psycopg://u@h/db") == "postgresql+psycopg://u@h/db"
+    monkeypatch.setattr(stack, "_installed", lambda module: module == "psycopg")
+    assert with_installed_driver("postgresql://u@h/db") == "postgresql://u@h/db"
+    monkeypatch.setattr(stack, "_installed", lambda module: False)
+    with pytest.raises(StackError, match="needs a PostgreSQL driver"):
+        with_installed_driver("postgresql://u:topsecret@h/db")
+
+
+def test_admin_password_sources_and_errors(tmp_path: Path) -> None:
+    secret = tmp_path / "admin_password"
+    secret.write_text("from-the-secret-file\n")
+    env = {ADMIN_PASSWORD_FILE_ENV: str(secret), "EYE_MODEL_ADMIN_PASSWORD": "from-the-variable"}
+    assert read_admin_password(env) == (
+        "from-the-secret-file",
+        f"{ADMIN_PASSWORD_FILE_ENV} ({secret})",
+    )
+    assert read_admin_password({"MLFLOW_TRACKING_PASSWORD": "tracking-password"}) == (
+        "tracking-password",
+        "MLFLOW_TRACKING_PASSWORD",
+    )
+    with pytest.raises(StackError, match="EYE_MODEL_ADMIN_PASSWORD_FILE") as missing:
+        read_admin_password({})
+    assert "EYE_MODEL_ADMIN_PASSWORD" in str(missing.value)
+    with pytest.raises(StackError, match="at least 12 characters") as short:
+        read_admin_password({"EYE_MODEL_ADMIN_PASSWORD": "short-pw"})
+    assert "short-pw" not in str(short.value)
+    with pytest.raises(StackError, match="cannot read"):
+        read_admin_password({ADMIN_PASSWORD_FILE_ENV: str(tmp_path / "absent")})
+
+
+def test_auth_config_is_private_and_mlflow_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.server.auth.config import read_auth_config
+
+    password = "per%cent#hash;semi-Colon"
+    paths = StackPaths(tmp_path / "home")
+    config = resolve_tracking_config(
+        paths,
+        profile="production",
+        backend_store_uri="postgresql+psycopg2://eye:db-password-77@db:5432/mlflow",
+        environ={},
+    )
+    command, extra, unset = tracking_server_launch(
+        paths, config, environ={"EYE_MODEL_ADMIN_PASSWORD": password}
+    )
+    ini = paths.auth_config
+    assert stat.S_IMODE(ini.stat().st_mode) == 0o600
+    assert stat.S_IMODE(paths.flask_secret.stat().st_mode) == 0o600
+    # Neither password is on the command line; the database's went to PGPASSWORD.
+    assert not any(password in part or "db-password-77" in part for part in command)
+    assert command[command.index("--backend-store-uri") + 1] == (
+        "postgresql+psycopg2://eye@db:5432/mlflow"
+    )
+    assert command[command.index("--app-name") + 1] == "basic-auth"
+    assert extra["PGPASSWORD"] == "db-password-77"
+    assert password not in json.dumps(extra)
+    assert {"EYE_MODEL_ADMIN_PASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD"} <= set(unset)
+    # MLflow's own reader gets the password back exactly ('%' survives its interpolation).
+    for name in ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_AUTH_ADMIN_USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", extra["MLFLOW_AUTH_CONFIG_PATH"])
+    auth = read_auth_config()
+    assert auth.admin_password == password
+    assert auth.admin_username == "admin"
+    assert auth.database_uri == f"sqlite:///{paths.auth_db}"
+    assert auth.default_permission == "READ"
+    assert auth.authorization_function == "mlflow.server.auth:authenticate_request_basic_auth"
+
+
+def test_model_server_logs_in_with_client_or_admin_credentials(tmp_path: Path) -> None:
+    from eye_model.stack import model_server_environment
+
+    config = resolve_tracking_config(
+        StackPaths(tmp_path), profile="production", backend_store_uri="postgresql://u@h/db"
+    )
+    url = "http://127.0.0.1:5000"
+    admin = model_server_environment(url, config, {"EYE_MODEL_ADMIN_PASSWORD": "admin-password-1"})
+    assert admin == {
+        "MLFLOW_TRACKING_URI": url,
+        "MLFLOW_TRACKING_USERNAME": "admin",
+        "MLFLOW_TRACKING_PASSWORD": "admin-password-1",
+    }
+    client = {"MLFLOW_TRACKING_USERNAME": "serving", "MLFLOW_TRACKING_PASSWORD": "serving-pw-12"}
+    assert model_server_environment(url, config, client) == {"MLFLOW_TRACKING_URI": url}
+    embedded = resolve_tracking_config(StackPaths(tmp_path), environ={})
+    assert model_server_environment(url, embedded, {}) == {"MLFLOW_TRACKING_URI": url}
+
+
+def test_stopping_the_tracking_server_removes_the_password_file(tmp_path: Path) -> None:
+    paths = StackPaths(tmp_path)
+    paths.auth_config.write_text("[mlflow]\nadmin_password = x\n")
+    assert stop_service(paths, "tracking") is False  # nothing ran
+    assert not paths.auth_config.exists()
+
+
+# --- helpers for real servers -------------------------------------------------------------
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(1.0)
+    return condition()
+
+
+@dataclass
+class Outputs:
+    """Everything the commands printed, scanned for credentials at the end."""
+
+    texts: list[str] = field(default_factory=list)
+
+    def run(self, args: list[str], env: dict[str, str], timeout: float = 900) -> str:
+        result = subprocess.run(
+            [EYE_MODEL, *args], env=env, capture_output=True, text=True, timeout=timeout
+        )
+        self.texts += [result.stdout, result.stderr]
+        assert result.returncode == 0, f"eye-model {args[0]} failed:\n{result.stderr[-4000:]}"
+        return result.stdout
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """This environment without MLflow client settings the conftest or a user may have set."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MLFLOW_", "EYE_MODEL_")) and k not in ("PGPASSWORD",)
+    }
+    return {**env, "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
+
+
+# --- SQLite backup and restore (slow, no PostgreSQL) ----------------------------------------
+
+
+@pytest.mark.slow
+def test_sqlite_backup_and_restore(tmp_path: Path, tiny_network, monkeypatch) -> None:
+    from eye_model.pyfunc import ModelConfig, log_model
+    from eye_model.registry import register_model
+    from tests.conftest import TINY_IMAGE_SIZE
+    from tests.helpers import TrackingServer
+
+    source_home = tmp_path / "source"
+    source_home.mkdir()
+    server = TrackingServer(source_home).start()
+    outputs = Outputs()
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+        monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        mlflow.set_tracking_uri(server.url)
+        mlflow.set_registry_uri(server.url)
+        mlflow.set_experiment("backup-tests")
+        with mlflow.start_run() as run:
+            mlflow.log_param("kind", "backup")
+            log_model(tiny_network, ModelConfig(image_size=TINY_IMAGE_SIZE))
+        monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+        register_model(f"runs:/{run.info.run_id}/model", MODEL_NAME)
+        # Backed up while the server runs: SQLite's backup API gives a consistent copy.
+        outputs.run(
+            [
+                "backup",
+                "--out",
+                str(tmp_path / "backup"),
+                "--backend-store-uri",
+                f"sqlite:///{source_home / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(source_home / "artifacts"),
+            ],
+            _clean_env(),
+        )
+    finally:
+        server.stop()
+    manifest = json.loads((tmp_path / "backup" / "manifest.json").read_text())
+    assert manifest["backend"]["kind"] == "sqlite"
+    assert manifest["artifacts"]["files"] > 3
+    assert stat.S_IMODE((tmp_path / "backup").stat().st_mode) == 0o700
+
+    target_home = tmp_path / "restored"
+    restore_args = [
+        "restore",
+        "--from",
+        str(tmp_path / "backup"),
+        "--backend-store-uri",
+        f"sqlite:///{target_home / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(target_home / "artifacts"),
+        "--auth-db-uri",
+        "",
+    ]
+    outputs.run(restore_args, _clean_env())
+    # A second restore into the same (now full) targets is refused and changes nothing.
+    again = subprocess.run(
+        [EYE_MODEL, *restore_args], env=_clean_env(), capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode != 0
+    assert "already exists; restore into a new file" in again.stderr
+
+    restored = TrackingServer(target_home).start()
+    try:
+        mlflow.set_tracking_uri(restored.url)
+        mlflow.set_registry_uri(restored.url)
+        client = MlflowClient(restored.url, registry_uri=restored.url)
+        version = client.get_model_version(MODEL_NAME, "1")
+        assert version.run_id == run.info.run_id
+        assert client.get_run(run.info.run_id).data.params["kind"] == "backup"
+        local = mlflow.artifacts.download_artifacts(
+            f"models:/{MODEL_NAME}/1", dst_path=str(tmp_path / "dl"), tracking_uri=restored.url
+        )
+        assert (Path(local) / "MLmodel").is_file()
+    finally:
+        restored.stop()
+        mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        mlflow.set_registry_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+# --- PostgreSQL: the production stack (slow) -------------------------------------------------
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def _admin_connection(database: str = "postgres"):
+    import psycopg2
+
+    connection = psycopg2.connect(
+        host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=database, connect_timeout=5
+    )
+    connection.autocommit = True
+    return connection
+
+
+def _require_postgres() -> None:
+    try:
+        _admin_connection().close()
+    except Exception as exc:
+        reason = (
+            f"PostgreSQL at {PG_HOST}:{PG_PORT} (user {PG_USER}) is unreachable: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+        )
+        if _in_ci():
+            pytest.fail(
+                f"{reason}. CI=true, so the production tests must run: start PostgreSQL there "
+                "(or point EYE_MODEL_TEST_PG_HOST/PORT/USER at one)",
+                pytrace=False,
+            )
+        pytest.skip(f"{reason} (on CI this fails)")
+
+
+def _create_database(prefix: str) -> str:
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    connection = _admin_connection()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        connection.close()
+    return name
+
+
+def _drop_database(name: str) -> None:
+    connection = _admin_connection()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        connection.close()
+
+
+def _query(database: str, sql: str) -> list[tuple]:
+    connection = _admin_connection(database)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(sql)
+            return list(cursor.fetchall())
+    finally:
+        connection.close()
+
+
+@dataclass
+class ProductionStack:
+    """A running production stack and what the lifecycle produced on it."""
+
+    home: Path
+    database: str
+    backend_store_uri: str
+    db_password: str
+    password: str
+    tracking_url: str
+    tracking_port: int
+    env: dict[str, str]
+    outputs: Outputs
+    model_url: str = ""
+    results: dict[str, object] = field(default_factory=dict)
+    cleanup: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def paths(self) -> StackPaths:
+        return StackPaths(self.home)
+
+    def client_env(self) -> dict[str, str]:
+        return {
+            "MLFLOW_TRACKING_URI": self.tracking_url,
+            "MLFLOW_TRACKING_USERNAME": "admin",
+            "MLFLOW_TRACKING_PASSWORD": self.password,
+            "MLFLOW_EXPERIMENT_NAME": EXPERIMENT,
+        }
+
+
+@pytest.fixture(scope="module")
+def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProductionStack]:
+    """The production stack on a fresh database: `eye-model stack up --profile production`."""
+    from eye_model.serving import find_free_port
+
+    _require_postgres()
+    database = _create_database("eye_model_test")
+    home = tmp_path_factory.mktemp("production-home")
+    # PostgreSQL trusts loopback here, so this password is never checked: it is in the URI
+    # only to prove that a database password never leaks either.
+    db_password = f"dbpw-{secrets.token_hex(8)}"
+    backend = f"postgresql://{PG_USER}:{db_password}@{PG_HOST}:{PG_PORT}/{database}"
+    password = f"Adm1n-{secrets.token_urlsafe(15)}"
+    port = find_free_port()
+    env = _clean_env(
+        EYE_MODEL_ADMIN_PASSWORD=password,
+        EYE_MODEL_CACHE=str(home / "cache"),
+        EYE_MODEL_TELEMETRY_DIR=str(home / "telemetry"),
+        EYE_MODEL_LOG_PART_SECONDS="1",
+        EYE_MODEL_SHIP_INTERVAL="0.5",
+        MLFLOW_EXPERIMENT_NAME=EXPERIMENT,
+        MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}",
+    )
+    stack = ProductionStack(
+        home=home,
+        database=database,
+        backend_store_uri=backend,
+        db_password=db_password,
+        password=password,
+        tracking_url=f"http://127.0.0.1:{port}",
+        tracking_port=port,
+        env=env,
+        outputs=Outputs(),
+    )
+    up = [
+        "stack",
+        "up",
+        "--profile",
+        "production",
+        "--home",
+        str(home),
+        "--tracking-port",
+        str(port),
+        "--backend-store-uri",
+        backend,
+    ]
+    stack.results["up"] = up
+    try:
+        stack.outputs.run(up, env)
+        yield stack
+    finally:
+        for action in reversed(stack.cleanup):
+            action()
+        subprocess.run(
+            [EYE_MODEL, "stack", "down", "--home", str(home)], env=env, timeout=120, check=False
+        )
+        _drop_database(database)
+
+
+@pytest.fixture
+def as_admin(production: ProductionStack, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
+    """This process talks to the production server as the admin (MLflow's client variables)."""
+    for key, value in production.client_env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("EYE_MODEL_CACHE", str(production.home / "cache"))
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    mlflow.set_tracking_uri(production.tracking_url)
+    mlflow.set_registry_uri(production.tracking_url)
+    yield MlflowClient(production.tracking_url)
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_production_stack_runs_on_postgres_behind_a_login(production: ProductionStack) -> None:
+    paths = production.paths
+    ini = paths.auth_config
+    assert stat.S_IMODE(ini.stat().st_mode) == 0o600
+    assert production.password in ini.read_text()
+    state = read_stack_state(paths)
+    assert state["profile"] == "production"
+    assert state["app_name"] == "basic-auth"
+    assert state["backend_store_uri"].endswith(f"@{PG_HOST}:{PG_PORT}/{production.database}")
+    # MLflow created its schema in the new PostgreSQL database.
+    tables = {row[0] for row in _query(production.database, "SELECT tablename FROM pg_tables")}
+    assert {"experiments", "runs", "registered_models", "model_versions"} <= tables
+
+    url = production.tracking_url
+    assert requests.get(f"{url}/health", timeout=30).status_code == 200  # no login for health
+    assert requests.get(f"{url}{SEARCH}", timeout=30).status_code == 401
+    wrong = requests.get(f"{url}{SEARCH}", auth=("admin", "not-the-password"), timeout=30)
+    assert wrong.status_code == 401
+    nobody = requests.get(f"{url}{SEARCH}", auth=("nobody", production.password), timeout=30)
+    assert nobody.status_code == 401
+    right = requests.get(f"{url}{SEARCH}", auth=("admin", production.password), timeout=30)
+    assert right.status_code == 200, right.text
+    assert (
+        requests.post(
+            f"{url}/api/2.0/mlflow/experiments/create", json={"name": "x"}, timeout=30
+        ).status_code
+        == 401
+    )
+    # The server process has neither the admin password nor its secret file in its environment.
+    pid = int(paths.pid_file("tracking").read_text())
+    environ = Path(f"/proc/{pid}/environ").read_bytes()
+    assert production.password.encode() not in environ
+    assert b"EYE_MODEL_ADMIN_PASSWORD" not in environ
+    assert production.db_password.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_lifecycle_against_the_authenticated_postgres_stack(
+    production: ProductionStack, as_admin: MlflowClient
+) -> None:
+    from eye_model.registry import promote, register_model
+    from eye_model.serving import find_free_port, score_files
+    from eye_model.synthetic import generate_dataset
+    from eye_model.train import TrainConfig, run_training
+
+    client = as_admin
+    # Train twice (tiny), register both, promote v1 then v2 through the quality gate.
+    trained = [
+        run_training(TrainConfig(synthetic_per_class=8, image_size=64, epochs=1, seed=seed))
+        for seed in (1, 2)
+    ]
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    versions = [register_model(result.model_uri, MODEL_NAME).version for result in trained]
+    assert versions == ["1", "2"]
+    production.results["trained"] = [result.run_id for result in trained]
+    gate_data = production.home / "gate-data"
+    generate_dataset(gate_data, per_class=3, image_size=96, seed=5, progress=False)
+    first = promote(MODEL_NAME, "1", "Production", eval_data_dir=str(gate_data))
+    assert first.decision == "moved"
+    second = promote(MODEL_NAME, "2", "Production", force=True, eval_data_dir=str(gate_data))
+    assert second.decision in ("accepted", "forced")
+    assert second.candidate_macro_f1 is not None and second.production_macro_f1 is not None
+    assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == "2"
+    assert client.get_model_version(MODEL_NAME, "1").current_stage == "Archived"
+
+    # Everything lives in PostgreSQL, not in some local file.
+    runs = _query(production.database, "SELECT count(*) FROM runs")[0][0]
+    assert runs >= 2
+    rows = _query(production.database, "SELECT version, current_stage FROM model_versions")
+    assert sorted(rows) == [(1, "Archived"), (2, "Production")]
+
+    # Serve the Production version with the stack: the model server logs in by itself.
+    serving_port = find_free_port()
+    production.outputs.run(
+        [
+            *production.results["up"],  # type: ignore[list-item]
+            "--model-uri",
+            f"models:/{MODEL_NAME}/Production",
+            "--serving-port",
+            str(serving_port),
+        ],
+        production.env,
+    )
+    production.model_url = f"http://127.0.0.1:{serving_port}"
+    images = sorted(gate_data.glob("*/*.jpg"))[:6]
+    predictions = score_files(production.model_url, images)
+    assert len(predictions) == 6
+    assert all(p["error"] is None and 0 <= p["confidence"] <= 1 for p in predictions)
+
+    # Serving telemetry reaches the authenticated server: a serving run with every record.
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    assert experiment is not None
+
+    def delivered() -> bool:
+        serving = client.search_runs([experiment.experiment_id], "tags.role = 'serving'")
+        if len(serving) != 1:
+            return False
+        production.results["serving_run"] = serving[0].info.run_id
+        history = client.get_metric_history(serving[0].info.run_id, "prediction_confidence")
+        return len(history) == 6
+
+    assert _wait_for(delivered, 90), "the serving run did not receive 6 predictions"
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_probe_logs_to_the_authenticated_server(
+    production: ProductionStack, as_admin: MlflowClient
+) -> None:
+    from eye_model.telemetry import run_probe
+
+    if not production.model_url:
+        pytest.fail("the lifecycle test did not start the model server")
+    results = run_probe(production.model_url, interval=0, count=2, timeout=30)
+    assert [r.ok for r in results] == [True, True]
+    experiment = as_admin.get_experiment_by_name(EXPERIMENT)
+    probes = as_admin.search_runs([experiment.experiment_id], "tags.role = 'probe'")
+    assert len(probes) == 1
+    assert probes[0].data.metrics["health_check_count"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_drift_runs_against_the_authenticated_server(
+    production: ProductionStack, as_admin: MlflowClient
+) -> None:
+    if "serving_run" not in production.results:
+        pytest.fail("the lifecycle test did not deliver a serving run")
+    env = {**production.env, **production.client_env()}
+    production.outputs.run(
+        ["drift", "--model-uri", f"models:/{MODEL_NAME}/Production", "--window", "0"], env
+    )
+    experiment = as_admin.get_experiment_by_name(EXPERIMENT)
+    drift = as_admin.search_runs([experiment.experiment_id], "tags.role = 'drift'")
+    assert len(drift) == 1
+    assert "drift_detected" in drift[0].data.metrics
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_admin_creates_users_and_grants_permissions(
+    production: ProductionStack, as_admin: MlflowClient
+) -> None:
+    from mlflow.server import get_app_client
+
+    if "trained" not in production.results:
+        pytest.fail("the lifecycle test did not train and register")
+    auth = get_app_client("basic-auth", tracking_uri=production.tracking_url)
+    reader_password = f"Reader-{secrets.token_urlsafe(12)}"
+    auth.create_user("reader", reader_password)
+    production.results["reader_password"] = reader_password
+    url, reader = production.tracking_url, ("reader", reader_password)
+    run_id = production.results["trained"][0]  # type: ignore[index]
+    experiment_id = as_admin.get_run(run_id).info.experiment_id
+    tag = {"run_id": run_id, "key": "reviewed", "value": "yes"}
+    # default_permission READ: a new user reads everything and changes nothing.
+    assert requests.get(f"{url}{SEARCH}", auth=reader, timeout=30).status_code == 200
+    refused = requests.post(f"{url}/api/2.0/mlflow/runs/set-tag", json=tag, auth=reader, timeout=30)
+    assert refused.status_code == 403
+    auth.grant_user_permission("reader", "experiment", experiment_id, "EDIT")
+    allowed = requests.post(f"{url}/api/2.0/mlflow/runs/set-tag", json=tag, auth=reader, timeout=30)
+    assert allowed.status_code == 200, allowed.text
+    assert as_admin.get_run(run_id).data.tags["reviewed"] == "yes"
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_backup_and_restore_into_an_empty_database(
+    production: ProductionStack, as_admin: MlflowClient, tmp_path: Path
+) -> None:
+    from eye_model.serving import find_free_port
+
+    if "trained" not in production.results:
+        pytest.fail("the lifecycle test did not train and register")
+    backup_dir = tmp_path / "backup"
+    # The backend URI comes from what `stack up` recorded (no password): libpq finds the
+    # password in PGPASSWORD, as an operator's cron job would.
+    production.outputs.run(
+        ["backup", "--out", str(backup_dir), "--home", str(production.home)],
+        {**_clean_env(), "PGPASSWORD": production.db_password},
+    )
+    manifest = json.loads((backup_dir / "manifest.json").read_text())
+    assert manifest["backend"]["kind"] == "postgresql"
+    assert manifest["artifacts"]["files"] > 5
+    assert manifest["auth"]["kind"] == "sqlite"
+    production.outputs.texts.append(json.dumps(manifest))
+
+    target_db = _create_database("eye_model_restore")
+    production.cleanup.append(lambda: _drop_database(target_db))
+    target_home = tmp_path / "restored"
+    target_uri = f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{target_db}"
+    restore = [
+        "restore",
+        "--from",
+        str(backup_dir),
+        "--backend-store-uri",
+        target_uri,
+        "--artifacts-destination",
+        str(target_home / "mlartifacts"),
+        "--auth-db-uri",
+        f"sqlite:///{target_home / 'basic_auth.db'}",
+    ]
+    # Restoring into the live, non-empty database is refused.
+    refused = subprocess.run(
+        [
+            EYE_MODEL,
+            *restore[:3],
+            "--backend-store-uri",
+            production.backend_store_uri,
+            *restore[5:],
+        ],
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert refused.returncode != 0
+    assert "is not empty" in refused.stderr
+    assert production.db_password not in refused.stderr
+    production.outputs.run(restore, _clean_env())
+
+    # A second tracking server on the restored stores: same runs, models, users, artifacts.
+    paths = StackPaths(target_home)
+    config = resolve_tracking_config(
+        paths, profile="production", backend_store_uri=target_uri, environ={}
+    )
+    port = find_free_port()
+    production.cleanup.append(lambda: stop_service(paths, "tracking"))
+    url = start_tracking(
+        paths, port=port, config=config, environ={"EYE_MODEL_ADMIN_PASSWORD": production.password}
+    )
+    # The admin's credentials are in the environment; models:/ URIs resolve on this server.
+    mlflow.set_registry_uri(url)
+    restored = MlflowClient(url, registry_uri=url)
+    assert requests.get(f"{url}{SEARCH}", timeout=30).status_code == 401
+    reader = ("reader", production.results["reader_password"])  # the users came back too
+    assert requests.get(f"{url}{SEARCH}", auth=reader, timeout=30).status_code == 200
+    versions = {
+        v.version: v.current_stage for v in restored.search_model_versions(f"name='{MODEL_NAME}'")
+    }
+    assert versions == {"1": "Archived", "2": "Production"}
+    assert restored.get_model_version_by_alias(MODEL_NAME, "champion").version == "2"
+    for run_id in production.results["trained"]:  # type: ignore[union-attr]
+        original, copy = as_admin.get_run(run_id), restored.get_run(run_id)
+        assert copy.data.metrics["test_macro_f1"] == original.data.metrics["test_macro_f1"]
+        assert copy.data.params == original.data.params
+    local = mlflow.artifacts.download_artifacts(
+        f"models:/{MODEL_NAME}/Production", dst_path=str(tmp_path / "dl"), tracking_uri=url
+    )
+    assert (Path(local) / "MLmodel").is_file()
+    production.results["restored_home"] = target_home
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_no_credential_in_logs_params_tags_artifacts_or_rows(
+    production: ProductionStack, as_admin: MlflowClient, tmp_path: Path
+) -> None:
+    """Runs last: stops the model server (its final log lines count too), then scans."""
+    if "trained" not in production.results:
+        pytest.fail("the lifecycle test did not train and register")
+    stop_service(production.paths, "model")
+    secrets_ = [production.password.encode(), production.db_password.encode()]
+    secrets_.append(str(production.results["reader_password"]).encode())
+    homes = [Path(h) for h in (production.home, production.results.get("restored_home")) if h]
+    # The 0600 ini of a running tracking server is where the admin password belongs.
+    allowed = {StackPaths(home).auth_config for home in homes}
+    blobs: dict[str, bytes] = {}
+    for home in homes:
+        for path in Path(home).rglob("*"):  # logs, stack.json, telemetry, artifacts, auth db
+            if path.is_file() and path not in allowed and "cache" not in path.parts:
+                blobs[str(path)] = path.read_bytes()
+    assert any(name.endswith("tracking.log") for name in blobs)
+    assert any(name.endswith("model.log") for name in blobs)
+    for i, text in enumerate(production.outputs.texts):
+        blobs[f"command output {i}"] = text.encode()
+    # Every param, tag and description, through the API and straight from the database.
+    for experiment in as_admin.search_experiments():
+        for run in as_admin.search_runs([experiment.experiment_id]):
+            blobs[f"run {run.info.run_id}"] = json.dumps(
+                [run.data.params, run.data.tags, run.info.artifact_uri]
+            ).encode()
+    for version in as_admin.search_model_versions(f"name='{MODEL_NAME}'"):
+        blobs[f"version {version.version}"] = json.dumps(
+            [version.tags, version.description, version.source]
+        ).encode()
+    dump = subprocess.run(
+        [
+            "pg_dump",
+            "--format=plain",
+            "-h",
+            PG_HOST,
+            "-p",
+            str(PG_PORT),
+            "-U",
+            PG_USER,
+            production.database,
+        ],
+        capture_output=True,
+        timeout=300,
+        check=True,
+    )
+    blobs["database rows"] = dump.stdout
+    assert b"test_macro_f1" in dump.stdout  # the dump holds the runs
+
+    leaks = [
+        name
+        for name, blob in blobs.items()
+        if any(secret in blob for secret in secrets_) or CREDENTIALED_URI.search(blob)
+    ]
+    assert leaks == []
