@@ -527,5 +527,59 @@ def restore(
     click.echo(json.dumps(result))
 
 
+@main.command("batch-score")
+@click.option(
+    "--input",
+    required=True,
+    help="Folder (searched recursively) or glob of images; a local path or any Hadoop URI "
+    "(hdfs://, s3a://, gs://, abfss://).",
+)
+@click.option("--output", required=True, help="Parquet folder to write (local path or URI).")
+@click.option(
+    "--model-uri", required=True, help="MLflow model URI (models:/eye-disease-model/Production)."
+)
+@click.option("--master", default="local[*]", help="Spark master URL (spark-submit's wins).")
+@click.option(
+    "--env-manager",
+    type=click.Choice(["local", "virtualenv", "uv", "conda"]),
+    default="local",
+    help="local: the executors have eye-model installed; virtualenv: MLflow rebuilds the "
+    "model's environment on each executor.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace the output when it exists.")
+@click.option(
+    "--records-per-batch", type=int, default=256, help="Images per Arrow batch (per predict call)."
+)
+def batch_score(
+    input: str,
+    output: str,
+    model_uri: str,
+    master: str,
+    env_manager: str,
+    overwrite: bool,
+    records_per_batch: int,
+) -> None:
+    """Score an image archive on Spark; write Parquet (path + the REST API's columns).
+
+    A progress line goes to stderr; the summary (rows, errors, seconds, output) is printed
+    as JSON. A corrupt file becomes a row with an error, never a failed job.
+    """
+    from eye_model.batch import score_with_spark
+
+    try:
+        summary = score_with_spark(
+            input,
+            output,
+            model_uri,
+            master,
+            env_manager=env_manager,
+            overwrite=overwrite,
+            records_per_batch=records_per_batch,
+        )
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(summary))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
