@@ -76,7 +76,16 @@ def test_defaults_parse_and_empty_strings_survive(entry: str) -> None:
 
 
 def test_entry_points_of_the_contract_exist() -> None:
-    expected = {"main", "train", "synthesize"}
+    expected = {
+        "main",
+        "train",
+        "synthesize",
+        "register",
+        "promote",
+        "probe",
+        "drift",
+        "batch_score",
+    }
     assert expected <= set(ENTRY_POINTS)
     train = set(ENTRY_POINTS["train"]["parameters"])
     assert train == {
@@ -92,6 +101,19 @@ def test_entry_points_of_the_contract_exist() -> None:
         "register_as",
     }
     assert ENTRY_POINTS["main"] == ENTRY_POINTS["train"]
+    assert set(ENTRY_POINTS["batch_score"]["parameters"]) == {
+        "input",
+        "output",
+        "model_uri",
+        "master",
+    }
+    assert set(ENTRY_POINTS["drift"]["parameters"]) == {
+        "model_uri",
+        "window",
+        "since",
+        "fail_on_drift",
+        "alert_url",
+    }
 
 
 def test_cli_defaults_match_mlproject_defaults() -> None:
