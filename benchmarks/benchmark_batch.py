@@ -123,9 +123,13 @@ def link_copies(files: list[Path], folder: Path, copies: int) -> list[Path]:
 
 
 def prepare_model(folder: Path) -> Path:
-    """Save an untrained small CNN at 224 px as an eye-model pyfunc (reused when there)."""
-    if (folder / "MLmodel").exists():
-        return folder
+    """Save an untrained small CNN at 224 px as an eye-model pyfunc, anew on every run.
+
+    Never reused: the model carries a copy of the ``eye_model`` code, which Spark's Python
+    workers import, so a model saved by an older checkout would measure older code.
+    """
+    import shutil
+
     import keras
 
     from eye_model.network import build_network
@@ -133,6 +137,7 @@ def prepare_model(folder: Path) -> Path:
 
     keras.utils.set_random_seed(0)
     network = build_network("small_cnn", MODEL_IMAGE_SIZE)
+    shutil.rmtree(folder, ignore_errors=True)
     return save_model(folder, network, ModelConfig(image_size=MODEL_IMAGE_SIZE))
 
 

@@ -26,6 +26,8 @@ import pytest
 
 from eye_model.batch import (
     BATCH_OUTPUT_COLUMNS,
+    DEFAULT_FILE_OPEN_COST,
+    FILE_COST_IN_AVERAGE_FILES,
     IMAGE_EXTENSIONS,
     plan_splits,
 )
@@ -379,6 +381,9 @@ def test_the_model_gets_whole_arrow_batches(spark: Any, archive: Archive, tmp_pa
         sizes.setdefault(partition, []).append(rows)
     assert sum(rows for _, rows in calls) == summary["rows"] == 4 * PER_CLASS
     assert len(sizes) == summary["tasks"] == 2
+    # Tasks get about equal numbers of photos, whatever their file sizes.
+    per_task = sorted(sum(rows) for rows in sizes.values())
+    assert per_task[1] <= 1.15 * per_task[0], per_task
     for partition, rows in sizes.items():
         # One call per Arrow batch: full batches, then the partition's remainder.
         assert rows[:-1] == [batch] * (len(rows) - 1), (partition, rows)
@@ -411,6 +416,34 @@ def test_missing_input_is_named(spark: Any, tmp_path: Path) -> None:
         )
 
 
+@spark_marks
+def test_tasks_get_equal_numbers_of_photos_whatever_their_file_sizes(
+    spark: Any, tmp_path: Path
+) -> None:
+    """Scoring costs per photo, not per byte: packing by bytes gave the small files' task
+    more than its share of photos."""
+    from pyspark.sql import functions as F
+
+    from eye_model.batch import describe_listing, read_images, spark_settings
+
+    rng = np.random.default_rng(0)
+    for i in range(90):
+        size = 30_000 if i < 30 else 15_000  # one camera's large files, another's small
+        (tmp_path / f"photo-{i:03d}.jpg").write_bytes(rng.bytes(size))
+    images = read_images(spark, str(tmp_path))
+    files, total_bytes = describe_listing(images)
+    with spark_settings(spark, plan_splits(files, total_bytes, parallelism=2)):
+        counts = (
+            read_images(spark, str(tmp_path))
+            .groupBy(F.spark_partition_id().alias("task"))
+            .count()
+            .collect()
+        )
+    per_task = sorted(row["count"] for row in counts)
+    assert len(per_task) == 2 and sum(per_task) == 90
+    assert per_task[1] <= 1.15 * per_task[0], per_task
+
+
 def test_plan_splits_gives_every_core_balanced_work() -> None:
     files, size, cost = 600, 600 * 20_000, 8 * 1024
     settings = plan_splits(files, size, parallelism=2, images_per_task=1024, file_open_cost=cost)
@@ -419,7 +452,13 @@ def test_plan_splits_gives_every_core_balanced_work() -> None:
     # Two tasks of ~300 images: a split just over half of what Spark packs.
     assert weight / 2 < split < weight / 2 * 1.1
     assert settings["spark.sql.files.minPartitionNum"] == "1"
-    # A large archive: tasks of about 1,024 images, a whole number of waves of 2.
+    # A large archive: tasks of about 1,024 images, a whole number of waves of 2. Each
+    # file counts as FILE_COST_IN_AVERAGE_FILES average files on top of its bytes.
     settings = plan_splits(100_000, 100_000 * 20_000, parallelism=2, images_per_task=1024)
+    cost = int(settings["spark.sql.files.openCostInBytes"])
+    assert cost == FILE_COST_IN_AVERAGE_FILES * 20_000
     tasks = (100_000 * (20_000 + cost)) / int(settings["spark.sql.files.maxPartitionBytes"])
     assert 90 < tasks <= 98
+    # Tiny files: the floor holds.
+    settings = plan_splits(1_000, 1_000 * 100, parallelism=2)
+    assert int(settings["spark.sql.files.openCostInBytes"]) == DEFAULT_FILE_OPEN_COST

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 
@@ -115,6 +116,36 @@ def test_predict_is_thread_safe(model: mlflow.pyfunc.PyFuncModel) -> None:
     assert not failures
     for k in range(4):
         pd.testing.assert_frame_equal(results[k], expected[k], atol=1e-6)
+
+
+def test_copies_of_a_model_share_one_compiled_network_and_other_models_do_not(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    """spark_udf loads a copy of the model in every task: the network is built once."""
+    import keras
+
+    from eye_model.network import build_network
+    from eye_model.pyfunc import save_model
+
+    first = mlflow.pyfunc.load_model(str(tiny_model_path)).unwrap_python_model()
+    copy = shutil.copytree(tiny_model_path, tmp_path / "copy")
+    assert mlflow.pyfunc.load_model(str(copy)).unwrap_python_model().runner is first.runner
+
+    keras.utils.set_random_seed(1)
+    other_network = build_network("small_cnn", TINY_IMAGE_SIZE)
+    other_path = save_model(tmp_path / "other", other_network, ModelConfig(TINY_IMAGE_SIZE))
+    other = mlflow.pyfunc.load_model(str(other_path)).unwrap_python_model()
+    assert other.runner is not first.runner
+    frame = pd.DataFrame({"image": _images(3)})
+    ours = first.predict(None, frame)[list(PROB_COLUMNS)].to_numpy(float)
+    theirs = other.predict(None, frame)[list(PROB_COLUMNS)].to_numpy(float)
+    assert np.abs(ours - theirs).max() > 1e-3
+
+    # The same weights with another calibration temperature are another model too.
+    warmer = save_model(
+        tmp_path / "warmer", other_network, ModelConfig(TINY_IMAGE_SIZE, temperature=3.0)
+    )
+    assert mlflow.pyfunc.load_model(str(warmer)).unwrap_python_model().runner is not other.runner
 
 
 def test_logged_model_has_signature_example_and_code(tiny_network) -> None:
