@@ -276,12 +276,16 @@ def decode_image(
     width, height = image.size
     jpeg_quality = estimate_jpeg_quality(image) if source_format == "JPEG" else None
     try:
-        if image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+        if orientation in (5, 6, 7, 8):
             width, height = height, width
         if image.format == "JPEG":
             # DCT-domain downscaling: decode at 1/2, 1/4 or 1/8 scale, never below the target.
             image.draft("RGB", (image_size, image_size))
-        image = ImageOps.exif_transpose(image)
+        if orientation in (2, 3, 4, 5, 6, 7, 8):
+            image = ImageOps.exif_transpose(image)
+        else:
+            image.load()  # as exif_transpose would, without reading the EXIF again or a copy
         image = _to_rgb(image)
         image = _fit_square(image, image_size)
         pixels = np.asarray(image, dtype=np.uint8)
