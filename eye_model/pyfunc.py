@@ -1,9 +1,11 @@
 """The MLflow pyfunc model: ``EyeDiseaseClassifier``, its signature, and saving/logging it.
 
 The network runs through one compiled ``tf.function`` with a fixed input
-signature, called directly (``Model.predict`` adds a large fixed cost per call).
-Images are decoded by :func:`eye_model.preprocess.decode_image` in a thread pool
-that runs ahead of the network, so decoding overlaps the network's work.
+signature, called directly (``Model.predict`` adds a large fixed cost per call),
+built once per process for each model (:func:`shared_runner`). Images are decoded
+by :func:`eye_model.preprocess.decode_image` in a thread pool that keeps up to two
+batches of 32 ahead of the network; a one-image request is decoded in the calling
+thread.
 """
 
 from __future__ import annotations
