@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 
 import numpy as np
 import pytest
@@ -171,6 +172,61 @@ def test_draft_decode_matches_a_full_decode() -> None:
     fast = decode_image(data, 224, with_stats=False).pixels.astype(np.float32)
     full = np.asarray(large.resize((224, 224), Image.Resampling.BILINEAR), np.float32)
     assert np.abs(fast - full).mean() < 6.0
+
+
+def _jpeg_variants() -> list[tuple[str, bytes]]:
+    """JPEGs of the sizes, subsamplings and encodings a fundus archive holds."""
+    variants = []
+    for width, height in [
+        (224, 224),
+        (2000, 2000),
+        (2000, 1500),
+        (700, 700),
+        (1000, 600),
+        (300, 300),
+        (250, 500),
+        (97, 131),
+    ]:
+        image = draw_fundus_like(max(width, height), seed=width).resize((width, height))
+        for subsampling in (0, 1, 2):  # 4:4:4, 4:2:2, 4:2:0
+            data = encode(image, "JPEG", quality=85, subsampling=subsampling)
+            variants.append((f"{width}x{height}-ss{subsampling}", data))
+        variants.append((f"{width}x{height}-progressive", encode(image, "JPEG", progressive=True)))
+        variants.append((f"{width}x{height}-gray", encode(image.convert("L"), "JPEG")))
+        variants.append((f"{width}x{height}-q30", encode(image, "JPEG", quality=30)))
+    return variants
+
+
+@pytest.mark.parametrize("size", [64, 224])
+def test_fast_jpeg_decode_gives_pillows_pixels(size: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """simplejpeg is only a faster way to the very pixels Pillow's draft decode gives."""
+    from eye_model import preprocess
+
+    variants = _jpeg_variants()
+    fast = {name: decode_image(data, size, with_stats=True) for name, data in variants}
+    used = [
+        name
+        for name, data in variants
+        if preprocess._decode_jpeg_scaled(data, Image.open(io.BytesIO(data)).size, size) is not None
+    ]
+    assert len(used) == len(variants)  # every variant took the fast path
+    monkeypatch.setattr(preprocess, "_decode_jpeg_scaled", lambda *args: None)
+    for name, data in variants:
+        slow = decode_image(data, size, with_stats=True)
+        np.testing.assert_array_equal(fast[name].pixels, slow.pixels, err_msg=name)
+        assert fast[name].stats == slow.stats, name
+
+
+def test_truncated_and_cmyk_jpegs_go_through_pillow() -> None:
+    """What simplejpeg refuses is decoded, or refused with its reason, by Pillow."""
+    from eye_model import preprocess
+
+    truncated = JPEG[: len(JPEG) // 2]
+    assert preprocess._decode_jpeg_scaled(truncated, (320, 320), SIZE) is None
+    with pytest.raises(ImageError, match="truncated or corrupt"):
+        decode_image(truncated, SIZE)
+    cmyk = encode(FUNDUS.convert("CMYK"), "JPEG")
+    assert decode_image(cmyk, SIZE).pixels.shape == (SIZE, SIZE, 3)
 
 
 def test_image_stats_measure_what_they_name() -> None:
