@@ -299,14 +299,10 @@ class EyeDiseaseClassifier(mlflow.pyfunc.PythonModel):
         chunk = max(1, min(DECODE_CHUNK, -(-len(values) // threads)))
         limit = 2 * max(1, self.batch_size)
         pending: collections.deque[Future[list[ScoredImage]]] = collections.deque()
-        queued = 0
         for start in range(0, len(values), chunk):
             pending.append(self._pool.submit(decode_run, start, min(start + chunk, len(values))))
-            queued += chunk
-            if queued >= limit:
-                rows = pending.popleft().result()
-                queued -= len(rows)
-                yield from rows
+            if len(pending) * chunk >= limit:
+                yield from pending.popleft().result()
         while pending:
             yield from pending.popleft().result()
 
