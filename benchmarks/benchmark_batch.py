@@ -45,23 +45,11 @@ from pathlib import Path
 
 import pandas as pd
 
+# The machine-load helpers live with the prediction benchmark; share them, not a copy.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from benchmark_predict import load_text, machine_cpu
+
 MODEL_IMAGE_SIZE = 224
-
-
-def load_text() -> str:
-    """The 1, 5 and 15 minute load averages, and the core count."""
-    one, five, fifteen = os.getloadavg()
-    return f"load {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
-
-
-def machine_jiffies() -> tuple[int, int] | None:
-    """Total and idle jiffies of the machine from /proc/stat (None off Linux)."""
-    try:
-        with open("/proc/stat") as stat:
-            fields = [int(x) for x in stat.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    return sum(fields[:8]), fields[3] + fields[4]
 
 
 def tree_cpu_seconds(root: int) -> float:
@@ -227,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     in_process: list[float] = []
     on_spark: list[float] = []
     fixed: list[float] = []
-    jiffies_before, ours_before = machine_jiffies(), tree_cpu_seconds(os.getpid())
+    jiffies_before, ours_before = machine_cpu(), tree_cpu_seconds(os.getpid())
     wall_start = time.perf_counter()
     print(f"== timed rounds  [{load_text()}]")
     cpu_in: list[float] = []
@@ -253,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"[{load_text()}]"
         )
     wall = time.perf_counter() - wall_start
-    jiffies_after, ours_after = machine_jiffies(), tree_cpu_seconds(os.getpid())
+    jiffies_after, ours_after = machine_cpu(), tree_cpu_seconds(os.getpid())
     spark.stop()
 
     single, distributed = statistics.median(in_process), statistics.median(on_spark)
