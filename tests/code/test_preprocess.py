@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
 
 import numpy as np
 import pytest
@@ -175,7 +174,9 @@ def test_draft_decode_matches_a_full_decode() -> None:
 
 
 def _jpeg_variants() -> list[tuple[str, bytes]]:
-    """JPEGs of the sizes, subsamplings and encodings a fundus archive holds."""
+    """JPEGs of the sizes, subsamplings, encodings and markers a fundus archive holds."""
+    from PIL import ImageCms
+
     variants = []
     for width, height in [
         (224, 224),
@@ -194,27 +195,54 @@ def _jpeg_variants() -> list[tuple[str, bytes]]:
         variants.append((f"{width}x{height}-progressive", encode(image, "JPEG", progressive=True)))
         variants.append((f"{width}x{height}-gray", encode(image.convert("L"), "JPEG")))
         variants.append((f"{width}x{height}-q30", encode(image, "JPEG", quality=30)))
+    image = draw_fundus_like(400, seed=9)
+    variants.append(("exif-upright", jpeg_with_orientation(image, 1)))
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    variants.append(("icc-profile", encode(image, "JPEG", icc_profile=srgb)))
+    variants.append(("restart-markers", encode(image, "JPEG", restart_marker_blocks=4)))
+    variants.append(("comment", encode(image, "JPEG", comment=b"fundus camera 3")))
+    # Tables too coarse for baseline JPEG are stored with 16-bit entries.
+    variants.append(("16-bit-tables", encode(image, "JPEG", qtables=[[300] * 64, [300] * 64])))
     return variants
 
 
+def _pillow_only_jpegs() -> list[tuple[str, bytes]]:
+    """JPEGs whose header the fast path leaves to Pillow, which reads more into them."""
+    image = draw_fundus_like(400, seed=9)
+    xmp = b'<x:xmpmeta><rdf:Description tiff:Orientation="3"/></x:xmpmeta>'
+    return [
+        ("exif-rotated", jpeg_with_orientation(image, 6)),
+        ("xmp-rotated", encode(image, "JPEG", xmp=xmp)),
+        ("multi-picture", encode(image, "MPO", save_all=True, append_images=[image])),
+        ("cmyk", encode(image.convert("CMYK"), "JPEG")),
+        ("truncated", JPEG[: len(JPEG) // 2]),
+    ]
+
+
 @pytest.mark.parametrize("size", [64, 224])
-def test_fast_jpeg_decode_gives_pillows_pixels(size: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """simplejpeg is only a faster way to the very pixels Pillow's draft decode gives."""
+def test_fast_jpeg_decode_gives_what_pillow_gives(
+    size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast JPEG path (no Pillow) is only a faster way to Pillow's pixels and metadata."""
     from eye_model import preprocess
 
     variants = _jpeg_variants()
+    limit = 40_000_000
+    used = [name for name, data in variants if preprocess._decode_plain_jpeg(data, size, limit)]
+    assert used == [name for name, _ in variants]  # every variant took the fast path
+    skipped = [n for n, d in _pillow_only_jpegs() if preprocess._decode_plain_jpeg(d, size, limit)]
+    assert skipped == []
     fast = {name: decode_image(data, size, with_stats=True) for name, data in variants}
-    used = [
-        name
-        for name, data in variants
-        if preprocess._decode_jpeg_scaled(data, Image.open(io.BytesIO(data)).size, size) is not None
-    ]
-    assert len(used) == len(variants)  # every variant took the fast path
-    monkeypatch.setattr(preprocess, "_decode_jpeg_scaled", lambda *args: None)
+    monkeypatch.setattr(preprocess, "_decode_plain_jpeg", lambda *args: None)
     for name, data in variants:
         slow = decode_image(data, size, with_stats=True)
         np.testing.assert_array_equal(fast[name].pixels, slow.pixels, err_msg=name)
-        assert fast[name].stats == slow.stats, name
+        assert fast[name].metadata() == slow.metadata(), name
+    # What Pillow reads into the others is honoured: orientation from EXIF and from XMP.
+    others = dict(_pillow_only_jpegs())
+    assert decode_image(others["exif-rotated"], size).format == "JPEG"
+    assert decode_image(others["multi-picture"], size).format == "MPO"
+    assert decode_image(others["cmyk"], size).mode == "CMYK"
 
 
 def test_truncated_and_cmyk_jpegs_go_through_pillow() -> None:
@@ -223,6 +251,7 @@ def test_truncated_and_cmyk_jpegs_go_through_pillow() -> None:
 
     truncated = JPEG[: len(JPEG) // 2]
     assert preprocess._decode_jpeg_scaled(truncated, (320, 320), SIZE) is None
+    assert preprocess._decode_plain_jpeg(truncated, SIZE, 40_000_000) is None
     with pytest.raises(ImageError, match="truncated or corrupt"):
         decode_image(truncated, SIZE)
     cmyk = encode(FUNDUS.convert("CMYK"), "JPEG")
