@@ -75,6 +75,32 @@ def test_one_bad_row_never_fails_the_batch(model: mlflow.pyfunc.PyFuncModel) -> 
             assert all(row[c] is None for c in ("confidence", *PROB_COLUMNS)), name
 
 
+@pytest.mark.parametrize("dtype", ["str", "string[pyarrow]", "large_string[pyarrow]"])
+def test_text_held_by_arrow_is_read_in_place_with_the_same_results(
+    model: mlflow.pyfunc.PyFuncModel, dtype: str
+) -> None:
+    """Base64 in an Arrow column is decoded from views of its buffer, row for row as text."""
+    import pyarrow as pa
+
+    from eye_model.preprocess import Base64Text
+    from eye_model.pyfunc import image_cells
+
+    cases = [(name, value) for name, value, _ in CORPUS if value is None or isinstance(value, str)]
+    values = ["padding", *(value for _, value in cases)]
+    arrow = {"str": "str", "string[pyarrow]": pd.ArrowDtype(pa.string())}.get(
+        dtype, pd.ArrowDtype(pa.large_string())
+    )
+    column = pd.Series(values, dtype=arrow)[1:]  # a slice: its Arrow chunk has an offset
+    cells = image_cells(column)
+    assert [type(c) for c in cells] == [type(None) if v is None else Base64Text for _, v in cases]
+    python = model.unwrap_python_model()
+    in_place = python.predict(None, pd.DataFrame({"image": column}))
+    as_text = python.predict(None, pd.DataFrame({"image": pd.Series(values[1:], dtype=object)}))
+    assert in_place["error"].tolist() == as_text["error"].tolist()
+    assert in_place["error"].isna().sum() >= 5  # the valid images were scored, not refused
+    pd.testing.assert_frame_equal(in_place, as_text)
+
+
 def test_missing_image_column_names_the_expected_column(model: mlflow.pyfunc.PyFuncModel) -> None:
     with pytest.raises(MlflowException, match="image"):
         model.predict(pd.DataFrame({"picture": _images(1)}))
