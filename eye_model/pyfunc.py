@@ -53,6 +53,9 @@ DEFAULT_BATCH_SIZE = 32
 #: Most images one decode task takes (fewer when that leaves a decoding thread idle).
 DECODE_CHUNK = 8
 
+#: Byte alignment of arrays handed to TensorFlow without a copy (Eigen's largest, AVX-512).
+TENSOR_ALIGNMENT = 64
+
 _NETWORK_ARTIFACT = "network"
 _CONFIG_ARTIFACT = "config"
 _REFERENCE_ARTIFACT = "reference_profile"
@@ -132,6 +135,17 @@ class NetworkRunner:
         """Trace and run the function once, so the first request is not slow."""
         self.run(np.zeros((1, self.image_size, self.image_size, 3), np.uint8))
 
+    def _as_tensor(self, images: np.ndarray) -> Any:
+        """The images as a tensor, sharing their memory when TensorFlow can.
+
+        ``convert_to_tensor`` copies; a C-contiguous array aligned as TensorFlow's kernels
+        require (they abort the process on a misaligned tensor) is handed over through
+        DLPack without a copy: 2 ms less per batch of 32 at 224 px.
+        """
+        if images.flags.c_contiguous and images.ctypes.data % TENSOR_ALIGNMENT == 0:
+            return self._tf.experimental.dlpack.from_dlpack(images.__dlpack__())
+        return self._tf.convert_to_tensor(images)
+
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Score a batch.
 
@@ -142,11 +156,21 @@ class NetworkRunner:
             Probabilities (n, classes) as float64 summing to 1, and reduced embeddings
             (n, EMBEDDING_DIMS) as float32.
         """
-        probabilities, embedding = self._run(self._tf.convert_to_tensor(images))
+        probabilities, embedding = self._run(self._as_tensor(images))
         probabilities = probabilities.numpy().astype(np.float64)
         # Renormalise in float64 so a client's sum check holds to 1e-9.
         probabilities /= probabilities.sum(axis=1, keepdims=True)
         return probabilities, embedding.numpy()
+
+
+def aligned_stack(arrays: list[np.ndarray]) -> np.ndarray:
+    """``np.stack(arrays)`` in memory aligned to ``TENSOR_ALIGNMENT`` bytes."""
+    shape = (len(arrays), *arrays[0].shape)
+    size = int(np.prod(shape)) * arrays[0].itemsize
+    raw = np.empty(size + TENSOR_ALIGNMENT, np.uint8)
+    offset = -raw.ctypes.data % TENSOR_ALIGNMENT
+    out = raw[offset : offset + size].view(arrays[0].dtype).reshape(shape)
+    return np.stack(arrays, out=out)
 
 
 _RUNNERS: collections.OrderedDict[str, NetworkRunner] = collections.OrderedDict()
@@ -200,6 +224,16 @@ class ScoredImage:
     def inference_ms(self) -> float:
         """Time spent on this image: its decode plus its share of the network call, in ms."""
         return self.decode_ms + self.network_ms
+
+
+@dataclass
+class _Run:
+    """Consecutive input rows decoded together, by the pool or by the thread that needs them."""
+
+    start: int
+    stop: int
+    future: Future[list[ScoredImage]] = field(default_factory=Future)
+    rows: list[ScoredImage] | None = None
 
 
 def _decode_row(
@@ -279,7 +313,9 @@ class EyeDiseaseClassifier(mlflow.pyfunc.PythonModel):
         """Yield decoded rows in order while the pool decodes up to two batches ahead.
 
         Each pool task decodes a run of up to ``DECODE_CHUNK`` consecutive rows: one
-        hand-off per image cost about a fifth of decoding 32 small JPEGs.
+        hand-off per image cost about a fifth of decoding 32 small JPEGs. While the next
+        run is not ready, this thread decodes runs the pool has not started (latest first)
+        instead of waiting: the wake-ups it saves were a tenth of decoding 32 small JPEGs.
         """
         decode = functools.partial(
             _decode_row,
@@ -292,24 +328,36 @@ class EyeDiseaseClassifier(mlflow.pyfunc.PythonModel):
             yield decode(0, values[0])
             return
 
-        def decode_run(start: int, stop: int) -> list[ScoredImage]:
-            return [decode(index, values[index]) for index in range(start, stop)]
+        def decode_run(run: _Run) -> list[ScoredImage]:
+            return [decode(index, values[index]) for index in range(run.start, run.stop)]
+
+        def collect(run: _Run) -> list[ScoredImage]:
+            while run.rows is None and not run.future.done():
+                # Future.cancel() succeeds only for a task no thread has started.
+                idle = (r for r in (run, *reversed(pending)) if r.rows is None)
+                stolen = next((r for r in idle if r.future.cancel()), None)
+                if stolen is None:
+                    break
+                stolen.rows = decode_run(stolen)
+            return run.rows if run.rows is not None else run.future.result()
 
         threads = max(1, self._decode_threads)
         chunk = max(1, min(DECODE_CHUNK, -(-len(values) // threads)))
         limit = 2 * max(1, self.batch_size)
-        pending: collections.deque[Future[list[ScoredImage]]] = collections.deque()
+        pending: collections.deque[_Run] = collections.deque()
         for start in range(0, len(values), chunk):
-            pending.append(self._pool.submit(decode_run, start, min(start + chunk, len(values))))
+            run = _Run(start, min(start + chunk, len(values)))
+            run.future = self._pool.submit(decode_run, run)
+            pending.append(run)
             if len(pending) * chunk >= limit:
-                yield from pending.popleft().result()
+                yield from collect(pending.popleft())
         while pending:
-            yield from pending.popleft().result()
+            yield from collect(pending.popleft())
 
     def _score_batch(self, batch: list[ScoredImage]) -> None:
         start = time.perf_counter()
         try:
-            pixels = np.stack([row.image.pixels for row in batch])
+            pixels = aligned_stack([row.image.pixels for row in batch])
             probabilities, embedding = self.runner.run(pixels)
         except Exception as exc:  # a network failure costs this batch, never the request
             logger.exception("network failed on a batch of %d images", len(batch))

@@ -58,6 +58,36 @@ def test_network_output_matches_keras(model: mlflow.pyfunc.PyFuncModel, tiny_net
     np.testing.assert_allclose(out[list(PROB_COLUMNS)].to_numpy(float), expected, atol=1e-5)
 
 
+def test_aligned_batches_reach_the_network_without_a_copy(
+    model: mlflow.pyfunc.PyFuncModel,
+) -> None:
+    """Aligned batches are shared with TensorFlow; any other array is copied, same result."""
+    from eye_model.preprocess import decode_image
+    from eye_model.pyfunc import TENSOR_ALIGNMENT, aligned_stack
+
+    runner = model.unwrap_python_model().runner
+    pixels = [decode_image(v, TINY_IMAGE_SIZE).pixels for v in _images(5)]
+    batch = aligned_stack(pixels)
+    assert batch.ctypes.data % TENSOR_ALIGNMENT == 0
+    np.testing.assert_array_equal(batch, np.stack(pixels))
+    shared = runner._as_tensor(batch)
+    batch[0, 0, 0, 0] ^= 0xFF
+    assert int(shared[0, 0, 0, 0]) == int(batch[0, 0, 0, 0])  # the same memory
+    batch[0, 0, 0, 0] ^= 0xFF
+    # Misaligned by one byte: TensorFlow would abort on it, so it must take a copy.
+    spare = np.empty(batch.nbytes + TENSOR_ALIGNMENT + 1, np.uint8)
+    start = next(i for i in range(1, TENSOR_ALIGNMENT) if (spare.ctypes.data + i) % 8)
+    misaligned = spare[start : start + batch.nbytes].reshape(batch.shape)
+    misaligned[...] = batch
+    assert misaligned.ctypes.data % TENSOR_ALIGNMENT != 0
+    copied = runner._as_tensor(misaligned)
+    misaligned[0, 0, 0, 0] ^= 0xFF
+    assert int(copied[0, 0, 0, 0]) == int(batch[0, 0, 0, 0])  # a copy
+    misaligned[0, 0, 0, 0] ^= 0xFF
+    for got, want in zip(runner.run(misaligned), runner.run(batch), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_one_bad_row_never_fails_the_batch(model: mlflow.pyfunc.PyFuncModel) -> None:
     values = [value for _, value, _ in CORPUS]
     # Strings and bytes go through the signature; other types are checked by predict itself.
