@@ -3,11 +3,12 @@
 Training (``eye_model.data``) and serving (``eye_model.pyfunc``) both call
 :func:`decode_image`, so the two can never preprocess differently.
 
-Pillow reads every header (format, size limits, EXIF orientation, JPEG quantisation
-tables) and decodes every format. The pixels of ordinary JPEGs, by far the most common
-fundus files, come from simplejpeg instead: the same libjpeg-turbo decode at the same
-DCT scale as Pillow's ``draft``, in one call that releases the GIL, so a thread pool
-really decodes on every core.
+Pillow reads and decodes every format. Ordinary upright RGB and grayscale JPEGs, by far
+the most common fundus files, skip Pillow: simplejpeg and a short marker scan read the
+same header facts (size, mode, EXIF orientation, quantisation tables), and simplejpeg
+decodes the same pixels with the same libjpeg-turbo at the same DCT scale as Pillow's
+``draft``, in one call that releases the GIL, so a thread pool really decodes on every
+core. The tests check both paths give equal pixels and metadata.
 """
 
 from __future__ import annotations
