@@ -142,7 +142,9 @@ class NetworkRunner:
         require (they abort the process on a misaligned tensor) is handed over through
         DLPack without a copy: 2 ms less per batch of 32 at 224 px.
         """
-        if images.flags.c_contiguous and images.ctypes.data % TENSOR_ALIGNMENT == 0:
+        flags = images.flags
+        # NumPy exports only writeable arrays through DLPack.
+        if flags.c_contiguous and flags.writeable and images.ctypes.data % TENSOR_ALIGNMENT == 0:
             return self._tf.experimental.dlpack.from_dlpack(images.__dlpack__())
         return self._tf.convert_to_tensor(images)
 

@@ -84,8 +84,11 @@ def test_aligned_batches_reach_the_network_without_a_copy(
     misaligned[0, 0, 0, 0] ^= 0xFF
     assert int(copied[0, 0, 0, 0]) == int(batch[0, 0, 0, 0])  # a copy
     misaligned[0, 0, 0, 0] ^= 0xFF
-    for got, want in zip(runner.run(misaligned), runner.run(batch), strict=True):
-        np.testing.assert_array_equal(got, want)
+    read_only = aligned_stack(pixels)  # aligned, but NumPy will not export it read-only
+    read_only.flags.writeable = False
+    for other in (misaligned, read_only):
+        for got, want in zip(runner.run(other), runner.run(batch), strict=True):
+            np.testing.assert_array_equal(got, want)
 
 
 def test_one_bad_row_never_fails_the_batch(model: mlflow.pyfunc.PyFuncModel) -> None:
