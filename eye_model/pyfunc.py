@@ -488,7 +488,7 @@ def build_output_frame(rows: list[ScoredImage], class_names: list[str]) -> pd.Da
     """
     n = len(rows)
     probabilities = np.full((n, len(class_names)), np.nan)
-    errors: list[str | None] = [None] * n
+    errors = np.full(n, None, dtype=object)
     for i, row in enumerate(rows):
         if row.probabilities is not None and row.error is None:
             probabilities[i] = row.probabilities
@@ -500,13 +500,13 @@ def build_output_frame(rows: list[ScoredImage], class_names: list[str]) -> pd.Da
     names[~ok] = None
     # dtype=object keeps None as None: pandas 3 would otherwise infer str with NaN.
     columns: dict[str, Any] = {
-        "predicted_class": pd.Series(names, dtype=object),
+        "predicted_class": pd.Series(names, dtype=object, copy=False),
         "confidence": probabilities.max(axis=1, initial=-np.inf, where=~np.isnan(probabilities)),
     }
     for k, column in enumerate(f"prob_{name}" for name in class_names):
         columns[column] = probabilities[:, k]
-    columns["error"] = pd.Series(errors, dtype=object)
-    frame = pd.DataFrame(columns)
+    columns["error"] = pd.Series(errors, dtype=object, copy=False)
+    frame = pd.DataFrame(columns, copy=False)  # the arrays are ours: no defensive copies
     if not ok.all():
         for column in ("confidence", *(f"prob_{name}" for name in class_names)):
             values = frame[column].astype(object)
