@@ -39,16 +39,10 @@ def _jpeg(size: int = 512) -> str:
 def _load(model_dir: Path, env: dict[str, str]):
     import mlflow
 
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    from eye_model.config import temporary_environ
+
+    with temporary_environ(env):
         return mlflow.pyfunc.load_model(str(model_dir))
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def main() -> int:

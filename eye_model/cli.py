@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 from click.types import BoolParamType
@@ -469,6 +471,28 @@ def _store_options(function):
     return function
 
 
+def _on_stores(
+    job: Callable[[Any], Any],
+    home: str | None,
+    backend_store_uri: str | None,
+    artifacts_destination: str | None,
+    auth_db_uri: str | None,
+) -> Any:
+    """Locate the stores the options name and run ``job`` on them; errors become CLI errors."""
+    from eye_model.backup import BackupError, locate_stores
+
+    try:
+        stores = locate_stores(
+            home,
+            backend_store_uri=backend_store_uri,
+            artifacts_destination=artifacts_destination,
+            auth_db_uri=auth_db_uri,
+        )
+        return job(stores)
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @main.command()
 @click.option("--out", "out_dir", required=True, help="New or empty folder for the backup.")
 @_store_options
@@ -483,18 +507,10 @@ def backup(
 
     Database passwords come from PGPASSWORD or ~/.pgpass; none is written to the backup.
     """
-    from eye_model.backup import BackupError, backup_stores, locate_stores
+    from eye_model.backup import backup_stores
 
-    try:
-        stores = locate_stores(
-            home,
-            backend_store_uri=backend_store_uri,
-            artifacts_destination=artifacts_destination,
-            auth_db_uri=auth_db_uri,
-        )
-        manifest = backup_stores(out_dir, stores)
-    except BackupError as exc:
-        raise click.ClickException(str(exc)) from None
+    stores = (home, backend_store_uri, artifacts_destination, auth_db_uri)
+    manifest = _on_stores(lambda located: backup_stores(out_dir, located), *stores)
     click.echo(json.dumps({"out": str(Path(out_dir).resolve()), **manifest}))
 
 
@@ -512,18 +528,10 @@ def restore(
 
     Create the database first (createdb NAME), restore, then start a tracking server on it.
     """
-    from eye_model.backup import BackupError, locate_stores, restore_stores
+    from eye_model.backup import restore_stores
 
-    try:
-        stores = locate_stores(
-            home,
-            backend_store_uri=backend_store_uri,
-            artifacts_destination=artifacts_destination,
-            auth_db_uri=auth_db_uri,
-        )
-        result = restore_stores(from_dir, stores)
-    except BackupError as exc:
-        raise click.ClickException(str(exc)) from None
+    stores = (home, backend_store_uri, artifacts_destination, auth_db_uri)
+    result = _on_stores(lambda located: restore_stores(from_dir, located), *stores)
     click.echo(json.dumps(result))
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 import subprocess
 import tempfile
@@ -25,7 +24,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from eye_model.config import Settings, load_settings
+from eye_model.config import Settings, load_settings, temporary_environ
 
 logger = logging.getLogger(__name__)
 
@@ -357,17 +356,10 @@ class ResolvedModel:
 @contextlib.contextmanager
 def _fast_failing_client() -> Iterator[None]:
     """No retries and a short timeout, so an unreachable registry is noticed in seconds."""
-    keys = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ.update(keys)
-    try:
+    with temporary_environ(
+        {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    ):
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def registry_uri_for(settings: Settings, alias: str = "") -> str:
