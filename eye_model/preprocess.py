@@ -87,6 +87,10 @@ class FundusImage:
     byte_size: int
     stats: dict[str, float] = field(default_factory=dict)
 
+    def add_pixel_stats(self) -> None:
+        """Compute :func:`compute_image_stats` from the pixels, ahead of the header's stats."""
+        self.stats = {**compute_image_stats(self.pixels), **self.stats}
+
     def metadata(self) -> dict[str, object]:
         """Return the image metadata that may be logged: no pixels, no bytes, no names."""
         return {
@@ -421,7 +425,7 @@ def decode_image(
         data, image_size, max_pixels
     )
     if with_stats:
-        image.stats = {**compute_image_stats(image.pixels), **image.stats}
+        image.add_pixel_stats()
     return image
 
 

@@ -446,8 +446,7 @@ def image_cells(column: pd.Series) -> list[object]:
             continue
         _, offsets, values = chunk.buffers()
         width = np.int64 if pa.types.is_large_string(chunk.type) else np.int32
-        ends = np.frombuffer(offsets, width)[chunk.offset : chunk.offset + len(chunk) + 1]
-        ends = ends.tolist()
+        ends = np.frombuffer(offsets, width)[chunk.offset : chunk.offset + len(chunk) + 1].tolist()
         text = memoryview(values if values is not None else b"")
         valid = chunk.is_valid().to_numpy(zero_copy_only=False)
         cells.extend(

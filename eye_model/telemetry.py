@@ -400,13 +400,11 @@ class Telemetry:
         self, rows: Sequence[Any], request_id: str, image_ids: Sequence[object] | None, stamp: float
     ) -> None:
         """Compute the image statistics, build the records, number and append them."""
-        from eye_model.preprocess import compute_image_stats
-
         try:
             for row in rows:
                 image = row.image
                 if image is not None and image.pixels is not None:
-                    image.stats = {**compute_image_stats(image.pixels), **image.stats}
+                    image.add_pixel_stats()
                     image.pixels = None
             batch = build_records(
                 rows,
