@@ -52,13 +52,14 @@ def _mixed_rows() -> list[list[object]]:
         ["null", None],
         ["number", 7],
         ["text", b64(b"just some text")],
+        [None, b64(jpeg)],  # a missing id comes back as null
     ]
 
 
 def _check_predictions(predictions: list[dict[str, object]]) -> None:
     by_id = {row["image_id"]: row for row in predictions}
     assert [row["image_id"] for row in predictions] == [r[0] for r in _mixed_rows()]
-    for good in ("good-jpeg", "good-png"):
+    for good in ("good-jpeg", "good-png", None):
         row = by_id[good]
         assert row["error"] is None
         assert row["predicted_class"] in CLASS_NAMES
@@ -93,7 +94,8 @@ def test_dataframe_records(server_url: str) -> None:
         f"{server_url}/invocations", json={"dataframe_records": records}, timeout=60
     )
     assert response.status_code == 200, response.text
-    _check_predictions(response.json()["predictions"])
+    body = json.loads(response.text, parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+    _check_predictions(body["predictions"])
 
 
 def test_many_images_in_one_request(server_url: str) -> None:

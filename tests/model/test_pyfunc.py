@@ -108,6 +108,47 @@ def test_one_bad_row_never_fails_the_batch(model: mlflow.pyfunc.PyFuncModel) -> 
             assert all(row[c] is None for c in ("confidence", *PROB_COLUMNS)), name
 
 
+@pytest.mark.parametrize(
+    "image_ids",
+    [
+        None,
+        pd.Series([f"id-{i}" for i in range(len(CORPUS) - 1)] + [None], dtype="str"),
+        pd.Series(range(len(CORPUS)), dtype="int64"),
+        pd.Series([f"id-{i}" if i % 3 else None for i in range(len(CORPUS))], dtype=object),
+    ],
+    ids=["no-ids", "str-with-missing", "int", "object"],
+)
+def test_served_records_give_the_json_of_the_output_frame(
+    model: mlflow.pyfunc.PyFuncModel, image_ids: pd.Series | None
+) -> None:
+    """In the scoring server predict returns records; the server must write the same JSON."""
+    import io
+
+    from mlflow.pyfunc.scoring_server import predictions_to_json
+
+    python = model.unwrap_python_model()
+    images = pd.Series([value for _, value, _ in CORPUS], dtype=object)
+    inputs = pd.DataFrame(
+        {"image": images} if image_ids is None else {"image": images, "image_id": image_ids}
+    )
+    frame = python.predict(None, inputs)
+    python._serving = True  # as in the scoring server
+    try:
+        records = python.predict(None, inputs)
+    finally:
+        python._serving = False
+    assert isinstance(records, list)
+    as_frame, as_records = io.StringIO(), io.StringIO()
+    predictions_to_json(frame, as_frame)
+    predictions_to_json(records, as_records)
+    assert as_records.getvalue() == as_frame.getvalue()
+    assert "NaN" not in as_records.getvalue()  # a missing id is null, valid JSON
+    if image_ids is not None:
+        assert [r["image_id"] for r in records] == [None if pd.isna(v) else v for v in image_ids]
+    assert [list(record) for record in records] == [list(frame.columns)] * len(CORPUS)
+    assert 5 <= frame["error"].isna().sum() < len(CORPUS)  # scored and failed rows
+
+
 @pytest.mark.parametrize("dtype", ["str", "string[pyarrow]", "large_string[pyarrow]"])
 def test_text_held_by_arrow_is_read_in_place_with_the_same_results(
     model: mlflow.pyfunc.PyFuncModel, dtype: str
