@@ -225,16 +225,17 @@ def build_records(
             "source_run_id": identity.source_run_id,
             "inference_ms": _round(row.inference_ms, 3),
         }
-        if image_ids is not None:
-            record["image_id"] = str(image_ids[i])
-        if row.probabilities is not None and row.error is None:
+        if image_ids is not None:  # a missing id stays missing (None), not "None"
+            record["image_id"] = None if image_ids[i] is None else str(image_ids[i])
+        error = row.output_error
+        if error is None:
             probs = row.probabilities
             top = int(np.argmax(probs))
             record.update(status="ok", error=None, predicted_class=CLASS_NAMES[top])
             record["confidence"] = _round(probs[top])
             record.update({c: _round(p) for c, p in zip(PROB_COLUMNS, probs, strict=True)})
         else:
-            record.update(status="error", error=row.error, predicted_class=None, confidence=None)
+            record.update(status="error", error=error, predicted_class=None, confidence=None)
         if row.image is not None:
             record.update(
                 {

@@ -62,6 +62,9 @@ def test_records_describe_predictions_without_image_content() -> None:
 def test_image_ids_only_on_request() -> None:
     records = build_records(_rows(), request_id="r", identity=ModelIdentity(), image_ids=["a", "b"])
     assert [r["image_id"] for r in records] == ["a", "b"]
+    records = build_records(_rows(), request_id="r", identity=ModelIdentity(), image_ids=[7, None])
+    assert [r["image_id"] for r in records] == ["7", None]
+    assert records[1]["error"] == "image is not valid base64; send ..."
 
 
 def test_log_seals_parts_by_size_and_keeps_order(tmp_path: Path) -> None:
