@@ -399,15 +399,16 @@ class EyeDiseaseClassifier(mlflow.pyfunc.PythonModel):
         frame = _as_frame(model_input)
         rows = self.score_images(image_cells(frame[IMAGE_COLUMN]))
         image_ids = _image_ids(frame)
+        serving = getattr(self, "_serving", False)
         output: pd.DataFrame | list[dict[str, Any]]
-        if getattr(self, "_serving", False):
+        if serving:
             output = build_output_records(rows, self.config.class_names, image_ids)
         else:
             output = build_output_frame(rows, self.config.class_names)
             if image_ids is not None:
                 output.insert(0, IMAGE_ID_COLUMN, pd.Series(image_ids, dtype=object, copy=False))
         telemetry = getattr(self, "_telemetry", None)
-        if telemetry is not None or getattr(self, "_serving", False):
+        if telemetry is not None or serving:
             from eye_model.telemetry import log_request
 
             request_id = uuid.uuid4().hex
