@@ -28,9 +28,10 @@ test: $(STAMP) ## Run the whole test suite (slow tests included), slowest tests 
 test-fast: $(STAMP) ## Run the tests that are not marked slow
 	$(BIN)/python -m pytest -m "not slow"
 
-lint: $(STAMP) ## Check style and common slips (ruff)
+lint: $(STAMP) ## Check style, common slips (ruff) and types (mypy)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: $(STAMP) ## Rewrite files to the project style (ruff)
 	$(BIN)/ruff check --fix .

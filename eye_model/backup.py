@@ -41,10 +41,8 @@ from eye_model.stack import (
     is_local_path,
     local_path,
     read_stack_state,
-    redact_uri,
-    split_password,
-    uri_scheme,
 )
+from eye_model.uris import redact_uri, split_password, uri_scheme
 
 logger = logging.getLogger(__name__)
 

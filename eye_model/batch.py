@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TextIO
 
-from eye_model.config import PROB_COLUMNS
+from eye_model.config import ENV_MANAGERS, PROB_COLUMNS
 from eye_model.pyfunc import IMAGE_COLUMN, OUTPUT_COLUMNS
 
 if TYPE_CHECKING:
@@ -48,8 +48,7 @@ RESULT_TYPE = ", ".join(
     ]
 )
 _STRING_COLUMNS = frozenset({"predicted_class", "error"})
-#: Environment managers of ``spark_udf``: ``local`` uses the executors' own Python.
-ENV_MANAGERS: tuple[str, ...] = ("local", "virtualenv", "uv", "conda")
+
 #: Rows per Arrow batch, i.e. images per ``predict`` call (a multiple of the pyfunc's 32).
 #: Spark also caps a batch at ``spark.sql.execution.arrow.maxBytesPerBatch`` (64 MiB).
 DEFAULT_RECORDS_PER_BATCH = 256

@@ -15,7 +15,7 @@ from typing import Any
 import click
 from click.types import BoolParamType
 
-from eye_model.config import SERVING_PORT, TRACKING_PORT
+from eye_model.config import ENV_MANAGERS, SERVING_PORT, TRACKING_PORT
 
 BOOL = BoolParamType()
 
@@ -103,7 +103,7 @@ def synthesize(out_dir: str, per_class: int, image_size: int, seed: int) -> None
 @click.option("--host", default="127.0.0.1", help="Interface to listen on (0.0.0.0: all).")
 @click.option(
     "--env-manager",
-    type=click.Choice(["local", "virtualenv", "uv", "conda"]),
+    type=click.Choice(ENV_MANAGERS),
     default="local",
     help="'local' serves from this environment; the others build the model's own.",
 )
@@ -206,8 +206,8 @@ def rollback(model_name: str) -> None:
 )
 def export_model_command(model_uri: str, out: str) -> None:
     """Export a registered model to the local fallback folder."""
-    from eye_model.config import load_settings
     from eye_model.registry import export_model, registry_uri_for
+    from eye_model.settings import load_settings
 
     settings = load_settings()
     destination = out or settings.local_model
@@ -549,7 +549,7 @@ def restore(
 @click.option("--master", default="local[*]", help="Spark master URL (spark-submit's wins).")
 @click.option(
     "--env-manager",
-    type=click.Choice(["local", "virtualenv", "uv", "conda"]),
+    type=click.Choice(ENV_MANAGERS),
     default="local",
     help="local: the executors have eye-model installed; virtualenv: MLflow rebuilds the "
     "model's environment on each executor.",

@@ -22,7 +22,6 @@ import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 
-from eye_model.config import load_settings
 from eye_model.drift import (
     DriftConfig,
     DriftReport,
@@ -31,7 +30,9 @@ from eye_model.drift import (
     write_html_report,
 )
 from eye_model.runs import log_new_params
-from eye_model.telemetry import INFERENCE_LOG_ARTIFACT_DIR, _without_credentials
+from eye_model.settings import load_settings
+from eye_model.telemetry import INFERENCE_LOG_ARTIFACT_DIR
+from eye_model.uris import redact_uri
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +202,7 @@ def send_alert(
 
     state_file = state_file or _alert_state_file()
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
-    slot = f"{_without_credentials(alert_url)}|{key}"
+    slot = f"{redact_uri(alert_url)}|{key}"
     now = time.time()
     if now - float(state.get(slot, 0.0)) < cooldown_s:
         logger.info("drift alert for %s not sent: within the %.0f s cooldown", key, cooldown_s)
@@ -210,7 +211,7 @@ def send_alert(
         response = requests.post(alert_url, json=payload, timeout=10)
         response.raise_for_status()
     except requests.RequestException as exc:
-        logger.warning("drift alert to %s failed: %s", _without_credentials(alert_url), exc)
+        logger.warning("drift alert to %s failed: %s", redact_uri(alert_url), exc)
         return False
     state[slot] = now
     state_file.parent.mkdir(parents=True, exist_ok=True)
@@ -319,7 +320,7 @@ def run_drift_job(
 
     alerted = False
     if alert_url and report.drift_detected:
-        base = _without_credentials(settings.tracking_uri).rstrip("/")
+        base = redact_uri(settings.tracking_uri).rstrip("/")
         link = f"{base}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
         strongest = max(report.flagged_features, key=lambda f: f.effect or 0.0)
         payload = {

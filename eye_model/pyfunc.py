@@ -35,8 +35,9 @@ from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import ColSpec, Schema
 
-from eye_model.config import CLASS_NAMES, EMBEDDING_DIMS, PROB_COLUMNS, load_settings
+from eye_model.config import CLASS_NAMES, EMBEDDING_DIMS, PROB_COLUMNS
 from eye_model.preprocess import Base64Text, FundusImage, ImageError, decode_image
+from eye_model.settings import load_settings
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,8 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from eye_model.config import Settings, load_settings, temporary_environ
+from eye_model.config import temporary_environ
+from eye_model.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
 

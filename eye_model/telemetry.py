@@ -45,13 +45,9 @@ from typing import Any
 
 import numpy as np
 
-from eye_model.config import (
-    CLASS_NAMES,
-    DEFAULT_EXPERIMENT_NAME,
-    PROB_COLUMNS,
-    parse_bool,
-    parse_positive_int,
-)
+from eye_model.config import CLASS_NAMES, DEFAULT_EXPERIMENT_NAME, PROB_COLUMNS
+from eye_model.settings import Settings, load_settings
+from eye_model.uris import redact_uri
 
 logger = logging.getLogger(__name__)
 request_logger = logging.getLogger("eye_model.requests")
@@ -106,43 +102,26 @@ class TelemetryConfig:
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> TelemetryConfig:
-        """Read the settings from environment variables."""
-        env = os.environ if environ is None else environ
-        home = env.get("EYE_MODEL_HOME")
-        default_dir = (
-            Path(home) / "telemetry" if home else Path.home() / ".cache" / "eye-model" / "telemetry"
-        )
-        mode = (env.get("EYE_MODEL_TELEMETRY") or "serving").strip().lower()
-        if mode not in ("serving", "always", "never"):
-            raise ValueError(f"EYE_MODEL_TELEMETRY={mode!r}: use serving, always or never")
+        """Read the settings from environment variables (through :func:`load_settings`)."""
+        return cls.from_settings(load_settings(environ))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TelemetryConfig:
+        """Telemetry's part of the settings."""
         return cls(
-            enabled=parse_bool(
-                env.get("ENABLE_MLFLOW_TRACKING"), name="ENABLE_MLFLOW_TRACKING", default=True
-            ),
-            mode=mode,
-            tracking_uri=env.get("MLFLOW_TRACKING_URI") or "http://localhost:5000",
-            experiment_name=env.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT_NAME,
-            log_dir=Path(env.get("EYE_MODEL_TELEMETRY_DIR") or default_dir),
-            part_records=parse_positive_int(
-                env.get("EYE_MODEL_LOG_PART_RECORDS"),
-                name="EYE_MODEL_LOG_PART_RECORDS",
-                default=500,
-            ),
-            part_seconds=float(env.get("EYE_MODEL_LOG_PART_SECONDS") or 5.0),
-            ship_interval=float(env.get("EYE_MODEL_SHIP_INTERVAL") or 2.0),
-            session_every_n=parse_positive_int(
-                env.get("EYE_MODEL_SESSION_EVERY_N"), name="EYE_MODEL_SESSION_EVERY_N", default=100
-            ),
-            session_every_s=float(env.get("EYE_MODEL_SESSION_EVERY_S") or 30.0),
-            window_size=parse_positive_int(
-                env.get("EYE_MODEL_WINDOW_SIZE"), name="EYE_MODEL_WINDOW_SIZE", default=100
-            ),
-            max_backlog_records=parse_positive_int(
-                env.get("EYE_MODEL_MAX_BACKLOG"), name="EYE_MODEL_MAX_BACKLOG", default=200_000
-            ),
-            log_image_ids=parse_bool(
-                env.get("EYE_MODEL_LOG_IMAGE_IDS"), name="EYE_MODEL_LOG_IMAGE_IDS"
-            ),
+            enabled=settings.enable_tracking,
+            mode=settings.telemetry_mode,
+            tracking_uri=settings.tracking_uri,
+            experiment_name=settings.experiment_name,
+            log_dir=settings.telemetry_dir,
+            part_records=settings.log_part_records,
+            part_seconds=settings.log_part_seconds,
+            ship_interval=settings.ship_interval,
+            session_every_n=settings.session_every_n,
+            session_every_s=settings.session_every_s,
+            window_size=settings.window_size,
+            max_backlog_records=settings.max_backlog,
+            log_image_ids=settings.log_image_ids,
         )
 
     def active_here(self) -> bool:
@@ -542,7 +521,7 @@ class Telemetry:
                 "role": "serving",
                 "model_name": self.identity.name,
                 "model_version": self.identity.version,
-                "model_uri": _without_credentials(self.identity.uri),
+                "model_uri": redact_uri(self.identity.uri),
                 "source_run_id": self.identity.source_run_id,
                 "logged_model_id": self.identity.logged_model_id,
                 "host": socket.gethostname(),
@@ -638,20 +617,6 @@ class Telemetry:
 
 def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-
-
-def _without_credentials(uri: str) -> str:
-    """Strip ``user:password@`` from a URI before it is logged."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    with contextlib.suppress(ValueError):
-        parts = urlsplit(uri)
-        if parts.username or parts.password:
-            netloc = parts.hostname or ""
-            if parts.port:
-                netloc += f":{parts.port}"
-            return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    return uri
 
 
 def log_request(request_id: str, *, latency_ms: float, rows: int, errors: int) -> None:
@@ -778,7 +743,7 @@ def run_probe(
                         run_name="probe",
                         tags={
                             "role": "probe",
-                            "target_url": _without_credentials(url),
+                            "target_url": redact_uri(url),
                             "host": socket.gethostname(),
                         },
                     ).info.run_id

@@ -18,7 +18,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from eye_model.config import CLASS_NAMES, EMBEDDING_DIMS, PROB_COLUMNS, load_settings
+from eye_model.config import CLASS_NAMES, EMBEDDING_DIMS, PROB_COLUMNS
 from eye_model.data import ImageSet, class_weights, load_dataset, make_tf_dataset
 from eye_model.evaluate import (
     calibrated_probabilities,
@@ -33,6 +33,7 @@ from eye_model.evaluate import (
 )
 from eye_model.pyfunc import ModelConfig, NetworkRunner, log_model
 from eye_model.runs import log_new_params
+from eye_model.settings import load_settings
 
 logger = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from eye_model.stack import (
     TrackingConfig,
     build_tracking_command,
     render_auth_config,
-    split_password,
 )
+from eye_model.uris import split_password
 
 COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
 #: ``${NAME}``, ``${NAME:-default}``, ``${NAME-default}``, ``${NAME:?error}``, ``${NAME?error}``.

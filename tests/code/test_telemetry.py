@@ -16,9 +16,9 @@ from eye_model.telemetry import (
     ModelIdentity,
     Telemetry,
     TelemetryConfig,
-    _without_credentials,
     build_records,
 )
+from eye_model.uris import redact_uri
 from tests.helpers import draw_fundus_like, encode
 
 JPEG = encode(draw_fundus_like(128, seed=5), "JPEG")
@@ -119,5 +119,5 @@ def test_disabled_or_outside_a_server_means_no_telemetry(monkeypatch: pytest.Mon
 
 
 def test_credentials_never_reach_tags() -> None:
-    assert _without_credentials("http://alice:s3cret@host:5000/x") == "http://host:5000/x"
-    assert _without_credentials("models:/eye-disease-model/2") == "models:/eye-disease-model/2"
+    assert redact_uri("http://alice:s3cret@host:5000/x") == "http://alice@host:5000/x"
+    assert redact_uri("models:/eye-disease-model/2") == "models:/eye-disease-model/2"

@@ -38,14 +38,13 @@ from eye_model.stack import (
     TrackingConfig,
     read_admin_password,
     read_stack_state,
-    redact_uri,
     resolve_tracking_config,
-    split_password,
     start_tracking,
     stop_service,
     tracking_server_launch,
     with_installed_driver,
 )
+from eye_model.uris import redact_uri, split_password
 
 EYE_MODEL = str(Path(sys.executable).parent / "eye-model")
 PG_HOST = os.environ.get("EYE_MODEL_TEST_PG_HOST", "127.0.0.1")
