@@ -39,7 +39,7 @@ def _jpeg(size: int = 512) -> str:
 def _load(model_dir: Path, env: dict[str, str]):
     import mlflow
 
-    from eye_model.config import temporary_environ
+    from eye_model.settings import temporary_environ
 
     with temporary_environ(env):
         return mlflow.pyfunc.load_model(str(model_dir))

@@ -8,7 +8,7 @@ and the REST API's output columns. A corrupt file becomes a row with an
 ``error``; it never fails the job.
 
 Nothing here logs to MLflow: the pyfunc tracks predictions only inside a
-scoring server, and the UDF is told never to (``EYE_MODEL_TELEMETRY=never``)
+scoring server, and the UDF is told never to (telemetry mode ``never``)
 even when an ``env_manager`` other than ``local`` starts one per executor.
 File paths stay in the user's own Parquet output.
 """
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from eye_model.config import ENV_MANAGERS, PROB_COLUMNS
 from eye_model.pyfunc import IMAGE_COLUMN, OUTPUT_COLUMNS
+from eye_model.settings import settings_environ
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -69,7 +70,7 @@ _SPLIT_SLACK = 1.05
 #: Seconds between progress lines.
 DEFAULT_PROGRESS_INTERVAL = 10.0
 #: Environment of the UDF on every executor: predictions are never tracked from Spark.
-UDF_ENVIRONMENT: dict[str, str] = {"EYE_MODEL_TELEMETRY": "never"}
+UDF_ENVIRONMENT: dict[str, str] = settings_environ(telemetry_mode="never")
 
 
 # -- session and settings ------------------------------------------------------------------
@@ -291,7 +292,7 @@ def thread_environment(threads: int) -> dict[str, str]:
         "TF_NUM_INTRAOP_THREADS": value,
         "TF_NUM_INTEROP_THREADS": value,
         "OMP_NUM_THREADS": value,
-        "EYE_MODEL_DECODE_THREADS": value,
+        **settings_environ(decode_threads=value),
     }
 
 

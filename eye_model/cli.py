@@ -10,20 +10,31 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.types import BoolParamType
 
 from eye_model.config import ENV_MANAGERS, SERVING_PORT, TRACKING_PORT
 
+if TYPE_CHECKING:
+    from eye_model.settings import Settings
+
 BOOL = BoolParamType()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(package_name="eye-model")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """eye-model: classify fundus photographs with an MLflow pyfunc model."""
+    from eye_model.settings import SettingsError, load_settings
+
+    # Every setting is read once here: a bad value stops any command with one clear line.
+    try:
+        ctx.obj = load_settings()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _training_options(function):
@@ -112,6 +123,7 @@ def serve(model_uri: str, alias: str, port: int, host: str, env_manager: str, wo
     """Serve a model with `mlflow models serve` (POST images to /invocations)."""
     from eye_model.registry import RegistryError, resolve_serving_model
     from eye_model.serving import build_serve_command, server_environment
+    from eye_model.settings import settings_environ
 
     try:
         resolved = resolve_serving_model(alias=alias, model_uri=model_uri)
@@ -125,12 +137,12 @@ def serve(model_uri: str, alias: str, port: int, host: str, env_manager: str, wo
         err=True,
     )
     env = server_environment(
-        {
-            "EYE_MODEL_SERVED_URI": resolved.uri,
-            "EYE_MODEL_SERVED_SOURCE": resolved.source,
-            "EYE_MODEL_SERVED_NAME": resolved.name,
-            "EYE_MODEL_SERVED_VERSION": resolved.version,
-        }
+        settings_environ(
+            served_uri=resolved.uri,
+            served_source=resolved.source,
+            served_name=resolved.name,
+            served_version=resolved.version,
+        )
     )
     sys.stdout.flush()
     os.execvpe(command[0], command, env)
@@ -204,12 +216,11 @@ def rollback(model_name: str) -> None:
     default="",
     help="Destination folder (default EYE_MODEL_LOCAL_MODEL); replaced whole.",
 )
-def export_model_command(model_uri: str, out: str) -> None:
+@click.pass_obj
+def export_model_command(settings: Settings, model_uri: str, out: str) -> None:
     """Export a registered model to the local fallback folder."""
     from eye_model.registry import export_model, registry_uri_for
-    from eye_model.settings import load_settings
 
-    settings = load_settings()
     destination = out or settings.local_model
     if not destination:
         raise click.ClickException("no destination: pass --out or set EYE_MODEL_LOCAL_MODEL")

@@ -7,10 +7,6 @@ folders or reads the environment. Environment variables are read by
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Iterator, Mapping
-
 #: The four classes, always in this order (the folder names of the public
 #: "eye diseases classification" fundus dataset).
 CLASS_NAMES: tuple[str, ...] = ("cataract", "diabetic_retinopathy", "glaucoma", "normal")
@@ -40,18 +36,3 @@ DEFAULT_MODEL_NAME = "eye-disease-model"
 
 #: MLflow environment managers a model can be served or batch-scored with.
 ENV_MANAGERS: tuple[str, ...] = ("local", "virtualenv", "uv", "conda")
-
-
-@contextlib.contextmanager
-def temporary_environ(values: Mapping[str, str]) -> Iterator[None]:
-    """Set environment variables for the duration of a ``with`` block, then put back the old."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value

@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pybase64
 import simplejpeg
-from PIL import Image, ImageFile, ImageOps, ImageStat
+from PIL import Image, ImageOps, ImageStat
 
 from eye_model.config import DEFAULT_IMAGE_SIZE, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from eye_model.settings import env_name
 
 #: Smallest accepted side of a source image, in pixels.
 MIN_SIDE = 16
@@ -57,9 +58,6 @@ _STANDARD_LUMA_TABLE_SUM = sum(
 _DATA_URI = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
 _BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 _EXIF_ORIENTATION = 0x0112
-
-# A truncated file must be an error, never a silently grey-filled image.
-ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
 class ImageError(ValueError):
@@ -157,7 +155,7 @@ def to_image_bytes(value: object, *, max_bytes: int = DEFAULT_MAX_BYTES) -> byte
     if len(data) > max_bytes:
         raise ImageError(
             f"image is {len(data):,} bytes, above the {max_bytes:,} byte limit; "
-            "resize it or raise EYE_MODEL_MAX_BYTES"
+            f"resize it or raise {env_name('max_bytes')}"
         )
     return data
 
@@ -167,7 +165,7 @@ def _decode_base64_text(value: str, max_bytes: int) -> bytes:
     if len(text) > max_bytes * 4 // 3 + 4:
         raise ImageError(
             f"image is about {len(text) * 3 // 4:,} bytes, above the {max_bytes:,} byte "
-            "limit; resize it or raise EYE_MODEL_MAX_BYTES"
+            f"limit; resize it or raise {env_name('max_bytes')}"
         )
     try:
         # pybase64 (SIMD) decodes a 2000 px photo's base64 in 0.04 ms; the standard
@@ -197,7 +195,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         pixels = int(match.group(1)) if match else 0
         raise ImageError(
             f"image has {pixels / 1e6:,.0f} MP, above the {max_pixels / 1e6:g} MP limit; "
-            "resize it or raise EYE_MODEL_MAX_PIXELS"
+            f"resize it or raise {env_name('max_pixels')}"
         ) from None
     except Image.UnidentifiedImageError:
         kind = _describe_unknown(data)
@@ -218,7 +216,7 @@ def _check_size(width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise ImageError(
             f"image is {width}x{height} = {width * height / 1e6:,.0f} MP, above the "
-            f"{max_pixels / 1e6:g} MP limit; resize it or raise EYE_MODEL_MAX_PIXELS"
+            f"{max_pixels / 1e6:g} MP limit; resize it or raise {env_name('max_pixels')}"
         )
     if min(width, height) < MIN_SIDE:
         raise ImageError(

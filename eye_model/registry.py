@@ -24,8 +24,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from eye_model.config import temporary_environ
-from eye_model.settings import Settings, load_settings
+from eye_model.settings import Settings, env_name, load_settings, temporary_environ
 
 logger = logging.getLogger(__name__)
 
@@ -150,24 +149,92 @@ def register_model(
     return client.get_model_version(model_name, str(version.version))
 
 
+def parse_version(version: str | int | None) -> str | None:
+    """Read a version as users write it: a positive whole number, or ``latest`` (None).
+
+    Raises:
+        RegistryError: anything else (``1.5``, ``abc``, ``0``), naming the value and the fix.
+    """
+    text = str(version if version is not None else "").strip()
+    if text.lower() in ("", "latest"):
+        return None
+    if not text.isdigit() or int(text) <= 0:
+        raise RegistryError(
+            f"version {version!r} is not a version; use a positive whole number such as 3, "
+            "or latest"
+        )
+    return str(int(text))
+
+
 def resolve_version(model_name: str, version: str, client: MlflowClient | None = None) -> str:
-    """Turn ``latest`` (the newest version) or a number into an existing version number."""
+    """Turn ``latest`` (the newest version number) or a number into an existing version number."""
     client = client or _client()
+    wanted = parse_version(version)
     versions = _versions(model_name, client)
     if not versions:
         raise RegistryError(
             f"registered model {model_name!r} has no versions; register one with "
             "`mlflow run . -e register -P model_uri=runs:/<run_id>/model`"
         )
-    if str(version).strip().lower() in ("", "latest"):
+    if wanted is None:
         return str(versions[-1].version)
-    wanted = str(int(float(version)))
     if wanted not in {str(v.version) for v in versions}:
         raise RegistryError(
             f"{model_name!r} has no version {wanted}; "
             f"it has {', '.join(str(v.version) for v in versions)}"
         )
     return wanted
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """One version of a registered model, pinned by number."""
+
+    name: str
+    version: str
+
+    @property
+    def uri(self) -> str:
+        """``models:/<name>/<version>``: the URI that keeps meaning this version."""
+        return f"models:/{self.name}/{self.version}"
+
+
+def find_registered_version(
+    model_uri: str, client: MlflowClient | None = None
+) -> RegisteredVersion | None:
+    """Pin a registry URI to a version number: the one model-URI resolver of eye-model.
+
+    ``models:/<name>/<number>``, ``models:/<name>/latest`` (the newest version number, as
+    :func:`resolve_version`), ``models:/<name>/<stage>`` (the newest version in the stage)
+    and ``models:/<name>@<alias>`` are resolved; anything else (``runs:/``, a folder,
+    ``models:/m-<id>``) is not a registry URI and gives None.
+
+    Raises:
+        RegistryError: the name, stage or alias has no version.
+        MlflowException: the registry cannot be reached or refuses.
+    """
+    if not model_uri.startswith("models:/") or model_uri.startswith("models:/m-"):
+        return None
+    spec = model_uri[len("models:/") :].strip("/")
+    client = client or _client()
+    with quiet_stage_deprecation():
+        if "@" in spec:
+            name, alias = spec.split("@", 1)
+            found_by_alias = client.get_model_version_by_alias(name, alias)
+            return RegisteredVersion(name, str(found_by_alias.version))
+        if "/" not in spec:
+            raise RegistryError(
+                f"model URI {model_uri!r} names no version; use models:/<name>/<version or "
+                "stage> or models:/<name>@<alias>"
+            )
+        name, ref = spec.rsplit("/", 1)
+        if ref.lower() == "latest" or ref.isdigit():
+            return RegisteredVersion(name, resolve_version(name, ref, client))
+        stage = _normalise_stage(ref)
+        found = client.get_latest_versions(name, stages=[stage])
+        if not found:
+            raise RegistryError(f"{name!r} has no version in stage {stage}")
+        return RegisteredVersion(name, str(found[0].version))
 
 
 def _normalise_stage(stage: str) -> str:
@@ -399,22 +466,22 @@ def resolve_serving_model(
             return ResolvedModel(local, "local", "ENABLE_MODEL_REGISTRY is false")
         raise RegistryError(
             "no model to serve: pass --model-uri, or set ENABLE_MODEL_REGISTRY=true, or set "
-            "EYE_MODEL_LOCAL_MODEL to a model folder (eye-model export-model writes one)"
+            f"{env_name('local_model')} to a model folder (eye-model export-model writes one)"
         )
     uri = registry_uri_for(settings, alias)
     try:
         with _fast_failing_client(), quiet_stage_deprecation():
-            mlflow.set_tracking_uri(settings.tracking_uri)
             client = MlflowClient(
                 tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri
             )
-            version = _find_version(client, settings, alias)
+            found = find_registered_version(uri, client)
+        assert found is not None  # registry_uri_for always gives a models:/ URI
         return ResolvedModel(
-            f"models:/{settings.model_name}/{version.version}",
+            found.uri,
             "registry",
-            f"{uri} is version {version.version}",
-            name=settings.model_name,
-            version=str(version.version),
+            f"{uri} is version {found.version}",
+            name=found.name,
+            version=found.version,
         )
     except (MlflowException, RegistryError, OSError) as exc:
         why = str(exc).splitlines()[0][:300]
@@ -427,20 +494,7 @@ def resolve_serving_model(
             )
             return ResolvedModel(local, "local", f"registry failed for {uri}: {why}")
         raise RegistryError(
-            f"cannot serve {uri}: {why}; and no local fallback (EYE_MODEL_LOCAL_MODEL="
+            f"cannot serve {uri}: {why}; and no local fallback ({env_name('local_model')}="
             f"{local or 'unset'}). Start the tracking server, or export a model with "
-            "`eye-model export-model` and set EYE_MODEL_LOCAL_MODEL"
+            f"`eye-model export-model` and set {env_name('local_model')}"
         ) from None
-
-
-def _find_version(client: MlflowClient, settings: Settings, alias: str) -> ModelVersion:
-    alias = alias or settings.model_alias
-    name = settings.model_name
-    if alias:
-        return client.get_model_version_by_alias(name, alias)
-    if settings.model_version and settings.model_version.lower() != "latest":
-        return client.get_model_version(name, settings.model_version)
-    versions = client.get_latest_versions(name, stages=[settings.model_stage])
-    if not versions:
-        raise RegistryError(f"{name!r} has no version in stage {settings.model_stage}")
-    return versions[0]

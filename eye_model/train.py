@@ -201,7 +201,7 @@ def run_training(config: TrainConfig) -> TrainResult:
 
     settings = load_settings()
     mlflow.set_tracking_uri(settings.tracking_uri)
-    if not os.environ.get("MLFLOW_RUN_ID"):
+    if not settings.mlflow_run_id:
         mlflow.set_experiment(settings.experiment_name)
     data_dir = config.data_dir.strip()
     synthetic = not data_dir
