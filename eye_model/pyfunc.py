@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,6 +229,34 @@ class ScoredImage:
     def inference_ms(self) -> float:
         """Time spent on this image: its decode plus its share of the network call, in ms."""
         return self.decode_ms + self.network_ms
+
+    def output_fields(self, class_names: Sequence[str]) -> dict[str, Any]:
+        """The one projection of a scored row onto the output columns (all but ``image_id``).
+
+        ``predicted_class``, ``confidence`` (0-1, the top probability), ``prob_<class>``
+        (0-1) and ``error``; a row that was not scored has nulls and its error. The REST
+        records, the in-process DataFrame and the inference log are all built from this.
+        """
+        error = self.output_error
+        if error is None and self.probabilities is not None:
+            probabilities = self.probabilities.tolist()
+            top = max(range(len(probabilities)), key=probabilities.__getitem__)
+            fields: dict[str, Any] = {
+                "predicted_class": class_names[top],
+                "confidence": probabilities[top],
+            }
+            fields.update(zip(_prob_columns(class_names), probabilities, strict=True))
+            fields["error"] = None
+            return fields
+        failed: dict[str, Any] = dict.fromkeys(
+            ["predicted_class", "confidence", *_prob_columns(class_names)]
+        )
+        failed["error"] = error
+        return failed
+
+
+def _prob_columns(class_names: Sequence[str]) -> list[str]:
+    return [f"prob_{name}" for name in class_names]
 
 
 def _decode_row(
@@ -475,40 +503,6 @@ def image_cells(column: pd.Series) -> list[object]:
     return cells
 
 
-def build_output_frame(rows: list[ScoredImage], class_names: list[str]) -> pd.DataFrame:
-    """Project scored rows onto the output columns; failed rows get nulls and an error.
-
-    Columns are float64 when every row was scored, and object columns holding
-    floats and None otherwise, so that JSON carries ``null`` (never ``NaN``).
-    """
-    n = len(rows)
-    probabilities = np.full((n, len(class_names)), np.nan)
-    errors = np.full(n, None, dtype=object)
-    for i, row in enumerate(rows):
-        errors[i] = row.output_error
-        if errors[i] is None:
-            probabilities[i] = row.probabilities
-    ok = ~np.isnan(probabilities[:, 0])
-    top = np.argmax(np.nan_to_num(probabilities, nan=-1.0), axis=1)
-    names = np.asarray(class_names, dtype=object)[top]
-    names[~ok] = None
-    # dtype=object keeps None as None: pandas 3 would otherwise infer str with NaN.
-    columns: dict[str, Any] = {
-        "predicted_class": pd.Series(names, dtype=object, copy=False),
-        "confidence": probabilities.max(axis=1, initial=-np.inf, where=~np.isnan(probabilities)),
-    }
-    for k, column in enumerate(f"prob_{name}" for name in class_names):
-        columns[column] = probabilities[:, k]
-    columns["error"] = pd.Series(errors, dtype=object, copy=False)
-    frame = pd.DataFrame(columns, copy=False)  # the arrays are ours: no defensive copies
-    if not ok.all():
-        for column in ("confidence", *(f"prob_{name}" for name in class_names)):
-            values = frame[column].astype(object)
-            values[~ok] = None
-            frame[column] = values
-    return frame
-
-
 def build_output_records(
     rows: list[ScoredImage], class_names: list[str], image_ids: np.ndarray | None = None
 ) -> list[dict[str, Any]]:
@@ -519,25 +513,31 @@ def build_output_records(
     about 0.9 ms, most of what the wrapper adds to decoding and the network. These records
     equal that conversion of :func:`build_output_frame`'s frame (the tests check the JSON).
     """
-    ids = None if image_ids is None else image_ids.tolist()
-    prob_columns = [f"prob_{name}" for name in class_names]
-    failed = dict.fromkeys(["predicted_class", "confidence", *prob_columns], None)
-    records: list[dict[str, Any]] = []
-    for i, row in enumerate(rows):
-        record: dict[str, Any] = {} if ids is None else {IMAGE_ID_COLUMN: ids[i]}
-        error = row.output_error
-        if error is None:
-            probabilities = row.probabilities.tolist()
-            top = max(range(len(probabilities)), key=probabilities.__getitem__)
-            record["predicted_class"] = class_names[top]
-            record["confidence"] = probabilities[top]
-            record.update(zip(prob_columns, probabilities, strict=True))
-            record["error"] = None
+    if image_ids is None:
+        return [row.output_fields(class_names) for row in rows]
+    ids = image_ids.tolist()
+    return [
+        {IMAGE_ID_COLUMN: ids[i], **row.output_fields(class_names)} for i, row in enumerate(rows)
+    ]
+
+
+def build_output_frame(rows: list[ScoredImage], class_names: list[str]) -> pd.DataFrame:
+    """The output rows (:meth:`ScoredImage.output_fields`) as a DataFrame.
+
+    Columns are float64 when every row was scored, and object columns holding
+    floats and None otherwise, so that JSON carries ``null`` (never ``NaN``).
+    """
+    records = [row.output_fields(class_names) for row in rows]
+    all_scored = all(record["error"] is None for record in records)
+    columns: dict[str, Any] = {}
+    for column in ("predicted_class", "confidence", *_prob_columns(class_names), "error"):
+        values = [record[column] for record in records]
+        if column in ("predicted_class", "error") or not all_scored:
+            # dtype=object keeps None as None: pandas 3 would otherwise infer str with NaN.
+            columns[column] = pd.Series(values, dtype=object)
         else:
-            record.update(failed)
-            record["error"] = error
-        records.append(record)
-    return records
+            columns[column] = np.asarray(values, dtype=np.float64)
+    return pd.DataFrame(columns, copy=False)
 
 
 # -- signature, saving and logging ---------------------------------------------------------
