@@ -180,17 +180,17 @@ def describe_listing(images: DataFrame) -> tuple[int, int]:
 @contextmanager
 def spark_settings(spark: SparkSession, settings: dict[str, str]) -> Iterator[None]:
     """Set runtime SQL settings of ``spark`` for the block, then put the old values back."""
-    previous = {key: spark.conf.get(key, None) for key in settings}
+    previous: dict[str, str | None] = {key: spark.conf.get(key, None) for key in settings}
     for key, value in settings.items():
         spark.conf.set(key, value)
     try:
         yield
     finally:
-        for key, value in previous.items():
-            if value is None:
+        for key, old in previous.items():
+            if old is None:
                 spark.conf.unset(key)
             else:
-                spark.conf.set(key, value)
+                spark.conf.set(key, old)
 
 
 # -- images -> predictions -----------------------------------------------------------------
@@ -341,7 +341,7 @@ def find_unread_files(spark: SparkSession, images: DataFrame, read: DataFrame) -
     # to the one task as an array literal (about 100 MB per million files), which is why
     # this runs only when some listed file was not read.
     listing = images._jdf.inputFiles()
-    listed = Column(spark.sparkContext._jvm.org.apache.spark.sql.functions.lit(listing))
+    listed = Column(_jvm(spark.sparkContext).org.apache.spark.sql.functions.lit(listing))
     uris = spark.range(1).select(F.explode(listed).alias("uri"))
     # A listed URI is percent-encoded ('+' is literal) and spells "file:///"; the source
     # writes the decoded path and "file:/".
@@ -431,7 +431,15 @@ def _job_group(spark: SparkSession, description: str) -> Iterator[str]:
         yield group
     finally:
         for key, value in previous.items():
-            context.setLocalProperty(key, value)  # type: ignore[arg-type] - None unsets it
+            context.setLocalProperty(key, value)  # type: ignore[arg-type]  # None unsets it
+
+
+def _jvm(context: Any) -> Any:
+    """The JVM gateway of a running SparkContext."""
+    jvm = context._jvm
+    if jvm is None:
+        raise RuntimeError("the Spark context has no JVM: it was stopped")
+    return jvm
 
 
 def _check_output(spark: SparkSession, output: str, overwrite: bool) -> None:
@@ -439,7 +447,7 @@ def _check_output(spark: SparkSession, output: str, overwrite: bool) -> None:
     if overwrite:
         return
     context = spark.sparkContext
-    path = context._jvm.org.apache.hadoop.fs.Path(output)
+    path = _jvm(context).org.apache.hadoop.fs.Path(output)
     if path.getFileSystem(context._jsc.hadoopConfiguration()).exists(path):
         raise FileExistsError(
             f"output {output!r} already exists; choose another path, or pass --overwrite "

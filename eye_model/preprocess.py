@@ -77,7 +77,7 @@ class FundusImage:
         byte_size: size of the encoded source, in bytes.
     """
 
-    pixels: np.ndarray
+    pixels: np.ndarray | None
     width: int
     height: int
     format: str
@@ -87,6 +87,8 @@ class FundusImage:
 
     def add_pixel_stats(self) -> None:
         """Compute :func:`compute_image_stats` from the pixels, ahead of the header's stats."""
+        if self.pixels is None:
+            raise ValueError("the pixels were released; compute statistics before scoring")
         self.stats = {**compute_image_stats(self.pixels), **self.stats}
 
     def metadata(self) -> dict[str, object]:

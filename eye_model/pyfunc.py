@@ -32,6 +32,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc.model import PythonModel, PythonModelContext
 from mlflow.types.schema import ColSpec, Schema
 
 from eye_model.config import CLASS_NAMES, EMBEDDING_DIMS, PROB_COLUMNS
@@ -259,6 +260,13 @@ def _prob_columns(class_names: Sequence[str]) -> list[str]:
     return [f"prob_{name}" for name in class_names]
 
 
+def _pixels_of(row: ScoredImage) -> np.ndarray:
+    """The decoded pixels of a row that is about to be scored."""
+    if row.image is None or row.image.pixels is None:
+        raise ValueError(f"row {row.index} has no decoded pixels")
+    return row.image.pixels
+
+
 def _decode_row(
     index: int,
     value: object,
@@ -284,7 +292,7 @@ def _decode_row(
     return scored
 
 
-class EyeDiseaseClassifier(mlflow.pyfunc.PythonModel):
+class EyeDiseaseClassifier(PythonModel):
     """Classifies fundus photographs into cataract, diabetic_retinopathy, glaucoma, normal.
 
     Input: a DataFrame with a column ``image`` holding each image file as base64
@@ -299,7 +307,7 @@ class EyeDiseaseClassifier(mlflow.pyfunc.PythonModel):
     are then null). A bad row never fails the other rows.
     """
 
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+    def load_context(self, context: PythonModelContext) -> None:
         """Load the network and its config, compile and warm it up, start the decode pool."""
         config_path = Path(context.artifacts[_CONFIG_ARTIFACT])
         self.config = ModelConfig.from_json(config_path.read_text())
@@ -367,7 +375,7 @@ class EyeDiseaseClassifier(mlflow.pyfunc.PythonModel):
     def _score_batch(self, batch: list[ScoredImage]) -> None:
         start = time.perf_counter()
         try:
-            pixels = aligned_stack([row.image.pixels for row in batch])
+            pixels = aligned_stack([_pixels_of(row) for row in batch])
             probabilities, embedding = self.runner.run(pixels)
         except Exception as exc:  # a network failure costs this batch, never the request
             logger.exception("network failed on a batch of %d images", len(batch))
@@ -379,7 +387,7 @@ class EyeDiseaseClassifier(mlflow.pyfunc.PythonModel):
             row.probabilities = prob
             row.embedding = emb
             row.network_ms = share
-            if not getattr(self, "_keep_pixels", False):
+            if row.image is not None and not getattr(self, "_keep_pixels", False):
                 row.image.pixels = None  # nothing of the image is kept past this point
 
     def score_images(
@@ -410,7 +418,7 @@ class EyeDiseaseClassifier(mlflow.pyfunc.PythonModel):
 
     def predict(
         self,
-        context: mlflow.pyfunc.PythonModelContext | None,
+        context: PythonModelContext | None,
         model_input: pd.DataFrame,
         params: dict[str, Any] | None = None,
     ) -> pd.DataFrame | list[dict[str, Any]]:
