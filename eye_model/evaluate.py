@@ -76,21 +76,30 @@ def expected_calibration_error(
 
 
 def classification_metrics(
-    labels: np.ndarray, probabilities: np.ndarray, prefix: str = "test_"
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    prefix: str = "test_",
+    failed: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Accuracy, macro-F1, per-class precision/recall/F1 and one-vs-rest ROC AUC.
 
     Args:
         labels: (n,) true class indices.
-        probabilities: (n, classes).
+        probabilities: (n, classes); rows of failed images are ignored.
         prefix: prepended to every metric name.
+        failed: (n,) True where the model gave no answer; such a row counts as wrong
+            (a miss of its true class), never as the class of an all-zero row.
 
     Returns:
         ``{prefix}accuracy``, ``{prefix}macro_f1``, ``{prefix}precision_<class>``,
-        ``{prefix}recall_<class>``, ``{prefix}f1_<class>``, ``{prefix}roc_auc_macro``.
+        ``{prefix}recall_<class>``, ``{prefix}f1_<class>``, ``{prefix}roc_auc_macro``
+        (over the scored rows).
     """
     labels = np.asarray(labels, int)
-    predicted = np.asarray(probabilities).argmax(axis=1)
+    probabilities = np.asarray(probabilities, np.float64)
+    failed = np.zeros(len(labels), bool) if failed is None else np.asarray(failed, bool)
+    # -1 is no class: a failed row is wrong for accuracy and a miss for its class's recall.
+    predicted = np.where(failed, -1, np.nan_to_num(probabilities, nan=0.0).argmax(axis=1))
     everything = list(range(len(CLASS_NAMES)))
     metrics = {
         f"{prefix}accuracy": float(accuracy_score(labels, predicted)),
@@ -105,9 +114,10 @@ def classification_metrics(
         metrics[f"{prefix}precision_{name}"] = float(precision[k])
         metrics[f"{prefix}recall_{name}"] = float(recall[k])
         metrics[f"{prefix}f1_{name}"] = float(f1[k])
-    if len(np.unique(labels)) == len(CLASS_NAMES):
+    scored = ~failed
+    if len(np.unique(labels[scored])) == len(CLASS_NAMES):
         metrics[f"{prefix}roc_auc_macro"] = float(
-            roc_auc_score(labels, probabilities, multi_class="ovr", average="macro")
+            roc_auc_score(labels[scored], probabilities[scored], multi_class="ovr", average="macro")
         )
     return metrics
 
@@ -225,9 +235,10 @@ def evaluate_model_on_folder(model_uri: str, data_dir: str | Path) -> dict[str, 
 
     files = discover_images(data_dir)
     scored = score_files(model_uri, files["path"].tolist())
-    probabilities = scored[list(PROB_COLUMNS)].astype(float).fillna(0.0).to_numpy()
+    failed = scored["error"].notna().to_numpy()
+    probabilities = scored[list(PROB_COLUMNS)].astype(float).to_numpy()
     labels = files["label"].map(CLASS_NAMES.index).to_numpy()
-    metrics = classification_metrics(labels, probabilities, prefix="")
+    metrics = classification_metrics(labels, probabilities, prefix="", failed=failed)
     metrics["n"] = float(len(files))
-    metrics["errors"] = float(scored["error"].notna().sum())
+    metrics["errors"] = float(failed.sum())
     return metrics

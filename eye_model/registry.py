@@ -344,6 +344,9 @@ def promote(
                 "gate.production_version": previous,
                 "gate.tolerance": str(tolerance),
                 "gate.eval_data": "synthetic" if not eval_data_dir.strip() else "folder",
+                "gate.eval_images": str(int(candidate["n"])),
+                "gate.candidate_failed_rows": str(int(candidate["errors"])),
+                "gate.production_failed_rows": str(int(incumbent["errors"])),
             }
             for key, value in gate_tags.items():
                 client.set_model_version_tag(model_name, version, key, value)
