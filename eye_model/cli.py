@@ -23,13 +23,47 @@ if TYPE_CHECKING:
 BOOL = BoolParamType()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+class EyeModelGroup(click.Group):
+    """A click group whose failures are one line naming the problem and the fix.
+
+    Errors the commands expect are already ``ClickException``s; anything else (MLflow's
+    HTTP errors, an unreachable server, a bug) is described by
+    :func:`eye_model.errors.describe_error`, with the traceback only under ``--debug`` or
+    ``EYE_MODEL_DEBUG=true``.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            from eye_model.errors import describe_error
+
+            settings = ctx.find_root().obj
+            if ctx.find_root().meta.get("eye_model.debug") or getattr(settings, "debug", False):
+                raise
+            command = " ".join(ctx.protected_args) or ctx.invoked_subcommand or ""
+            message = describe_error(
+                exc,
+                command=command.split(" ")[0],
+                tracking_uri=getattr(settings, "tracking_uri", ""),
+            )
+            raise click.ClickException(message) from None
+
+
+@click.group(
+    cls=EyeModelGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
+)
 @click.version_option(package_name="eye-model")
+@click.option("--debug", is_flag=True, help="Print the full traceback when a command fails.")
 @click.pass_context
-def main(ctx: click.Context) -> None:
+def main(ctx: click.Context, debug: bool) -> None:
     """eye-model: classify fundus photographs with an MLflow pyfunc model."""
     from eye_model.settings import SettingsError, load_settings
 
+    ctx.meta["eye_model.debug"] = debug
     # Every setting is read once here: a bad value stops any command with one clear line.
     try:
         ctx.obj = load_settings()

@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
@@ -25,6 +26,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from eye_model.settings import Settings, env_name, load_settings, temporary_environ
+from eye_model.uris import redact_uri
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,21 @@ def _client() -> MlflowClient:
     return MlflowClient()
 
 
+def check_model_uri(model_uri: str) -> str:
+    """A URI of a logged model (``runs:/<run_id>/<path>`` or ``models:/m-<id>``), or an error."""
+    text = (model_uri or "").strip()
+    if text.startswith("runs:/"):
+        parts = text[len("runs:/") :].split("/", 1)
+        if len(parts) == 2 and parts[0] and parts[1]:
+            return text
+    elif text.startswith("models:/m-") and len(text) > len("models:/m-"):
+        return text
+    raise RegistryError(
+        f"model URI {model_uri!r} is not a logged model; use runs:/<run_id>/model "
+        "(the train run prints it) or models:/m-<model_id>"
+    )
+
+
 def _run_id_of(model_uri: str, client: MlflowClient) -> str | None:
     if model_uri.startswith("runs:/"):
         return model_uri.split("/")[1]
@@ -69,6 +86,20 @@ def _run_id_of(model_uri: str, client: MlflowClient) -> str | None:
         model_id = model_uri[len("models:/") :].split("/")[0]
         return client.get_logged_model(model_id).source_run_id
     return None
+
+
+def _get_run(run_id: str, client: MlflowClient) -> Any:
+    """The run, or a RegistryError naming the id and where it was looked for."""
+    try:
+        return client.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        server = redact_uri(client.tracking_uri)
+        raise RegistryError(
+            f"run {run_id} does not exist on the tracking server {server}; "
+            "check the run id (the train run prints it) and MLFLOW_TRACKING_URI"
+        ) from None
 
 
 def _git_commit() -> str:
@@ -86,11 +117,53 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def check_model_name(name: str) -> str:
+    """A registered model name as MLflow accepts it, or a RegistryError that says why.
+
+    Names are free text (quotes, ``%``, spaces and unicode are fine) but cannot be empty
+    or contain ``/`` or ``:`` (MLflow refuses them), nor control characters.
+    """
+    text = (name or "").strip()
+    if not text:
+        raise RegistryError("the model name is empty; pass --model-name or set MLFLOW_MODEL_NAME")
+    bad = [c for c in ("/", ":") if c in text] + (
+        ["a control character"] if any(ord(c) < 32 for c in text) else []
+    )
+    if bad:
+        raise RegistryError(
+            f"model name {name!r} cannot contain {' or '.join(bad)}; "
+            "use letters, digits, spaces, '-', '_' or '.'"
+        )
+    return text
+
+
+def name_filter(name: str) -> str:
+    """A registry search filter matching exactly ``name``, whatever quotes it holds.
+
+    MLflow's filter parser takes a string in single or double quotes and has no escape:
+    the quote the name does not contain is used.
+    """
+    if "'" not in name:
+        return f"name = '{name}'"
+    if '"' not in name:
+        return f'name = "{name}"'
+    raise RegistryError(
+        f"model name {name!r} holds both kinds of quotes, which MLflow's search cannot "
+        "match; register the model under a name without one of them"
+    )
+
+
 def _versions(name: str, client: MlflowClient) -> list[ModelVersion]:
+    """Every version of a registered model, oldest first ([] when the model does not exist).
+
+    Any other failure (the server is down, a wrong password, no permission) is raised.
+    """
     try:
-        versions = client.search_model_versions(f"name = '{name}'")
-    except MlflowException:
-        return []
+        versions = client.search_model_versions(name_filter(name))
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return []
+        raise
     return sorted(versions, key=lambda v: int(v.version))
 
 
@@ -111,8 +184,10 @@ def register_model(
         RegistryError: when this run is already registered under this name.
     """
     client = client or _client()
-    model_name = model_name or load_settings().model_name
+    model_name = check_model_name(model_name or load_settings().model_name)
+    check_model_uri(model_uri)
     run_id = _run_id_of(model_uri, client)
+    run = _get_run(run_id, client) if run_id else None
     for version in _versions(model_name, client):
         if run_id and version.tags.get("source_run_id") == run_id:
             raise RegistryError(
@@ -121,8 +196,7 @@ def register_model(
             )
     tags: dict[str, str] = {"source_run_id": run_id or "", "git_commit": _git_commit()}
     description = [f"eye-model classifier from `{model_uri}`."]
-    if run_id:
-        run = client.get_run(run_id)
+    if run is not None:
         metrics = run.data.metrics
         for key in ("test_accuracy", "test_macro_f1", "test_ece"):
             if key in metrics:
@@ -322,7 +396,7 @@ def promote(
     from eye_model.evaluate import evaluate_model_on_folder
 
     client = client or _client()
-    model_name = model_name or load_settings().model_name
+    model_name = check_model_name(model_name or load_settings().model_name)
     stage = _normalise_stage(stage)
     version = resolve_version(model_name, version, client)
     result = PromotionResult(model_name, version, stage, decision="moved")
@@ -375,7 +449,7 @@ def promote(
 def rollback(model_name: str = "", *, client: MlflowClient | None = None) -> PromotionResult:
     """Return the previous Production version to Production (the current one is archived)."""
     client = client or _client()
-    model_name = model_name or load_settings().model_name
+    model_name = check_model_name(model_name or load_settings().model_name)
     with quiet_stage_deprecation():
         versions = _versions(model_name, client)
     current = [v for v in versions if v.current_stage == "Production"]

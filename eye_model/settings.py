@@ -470,6 +470,13 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
         secret=True,
     ),
     EnvVar(
+        "EYE_MODEL_DEBUG",
+        "debug",
+        "false",
+        "failed commands print the full traceback (as `eye-model --debug`)",
+        _bool("EYE_MODEL_DEBUG", False),
+    ),
+    EnvVar(
         "EYE_MODEL_SERVED_URI",
         "served_uri",
         "(set by `eye-model serve`)",
@@ -549,6 +556,7 @@ class Settings:
     tracking_username: str = ""
     tracking_password: str = field(default="", repr=False)
     flask_secret_key: str = field(default="", repr=False)
+    debug: bool = False
     served_uri: str = ""
     served_source: str = ""
     served_name: str = ""
