@@ -1,6 +1,8 @@
 """Training data: folder discovery, label normalisation, de-duplication, splits, tf.data.
 
-The public fundus dataset uses the ImageFolder layout ``<root>/<class>/<image>``.
+The public fundus dataset uses the ImageFolder layout ``<root>/<class>/<image>``;
+without one, :func:`prepare_synthetic_data` generates a synthetic set in that
+layout once into a cache folder (:attr:`eye_model.settings.Settings.cache_dir`).
 Images are decoded once, by :func:`eye_model.preprocess.decode_image` (the
 same function the served model calls), in a thread pool, and kept in memory
 as uint8 arrays: 4,200 images at 224 px take about 630 MB.
@@ -15,14 +17,19 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from eye_model.config import CLASS_NAMES
-from eye_model.preprocess import IMAGE_STAT_NAMES, ImageError, decode_image
+from eye_model.preprocess import IMAGE_STAT_NAMES, FundusImage, ImageError, decode_image
+from eye_model.synthetic import generate_dataset
 
 logger = logging.getLogger(__name__)
+
+#: Version of the synthetic cache layout; bump it when the generator changes.
+SYNTHETIC_CACHE_VERSION = "v2"
 
 #: File endings read as images (case-insensitive).
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
@@ -132,7 +139,8 @@ class Dataset:
     description: dict[str, object] = field(default_factory=dict)
 
 
-def _read_and_decode(path: str, image_size: int) -> tuple[str, object]:
+def _read_and_decode(path: str, image_size: int) -> tuple[str, FundusImage | str]:
+    """The file's SHA-256 and decoded image, or an empty digest and the error message."""
     try:
         data = Path(path).read_bytes()
         digest = hashlib.sha256(data).hexdigest()
@@ -195,9 +203,10 @@ def load_dataset(
         decoded = list(pool.map(lambda p: _read_and_decode(p, image_size), files["path"]))
     seen: dict[str, int] = {}
     keep: list[int] = []
+    images: list[FundusImage] = []
     unreadable = duplicates = 0
     for i, (digest, result) in enumerate(decoded):
-        if not digest:
+        if isinstance(result, str):
             unreadable += 1
             logger.warning("skipping unreadable image #%d: %s", unreadable, result)
             continue
@@ -209,13 +218,13 @@ def load_dataset(
             continue
         seen[digest] = i
         keep.append(i)
+        images.append(result)
     if unreadable:
         logger.warning("skipped %d unreadable image file(s) of %d", unreadable, len(files))
     if duplicates:
         logger.warning("skipped %d duplicate image file(s) (same content)", duplicates)
     if not keep:
         raise DataError(f"no readable images in {str(data_dir)!r}")
-    images = [decoded[i][1] for i in keep]
     labels = np.array([CLASS_NAMES.index(files["label"].iat[i]) for i in keep])
     sources = [files["path"].iat[i] for i in keep]
     stats = pd.DataFrame([img.stats for img in images], columns=list(IMAGE_STAT_NAMES))
@@ -249,6 +258,50 @@ def load_dataset(
     return dataset
 
 
+def synthetic_cache_dir(cache_dir: Path, per_class: int, image_size: int, seed: int) -> Path:
+    """Folder of one cached synthetic set inside the cache folder.
+
+    Args:
+        cache_dir: the cache folder (``Settings.cache_dir``).
+        per_class: images per class.
+        image_size: side of the generated images, in pixels.
+        seed: dataset seed.
+
+    Returns:
+        ``cache_dir/synthetic-<version>-n<per_class>-s<image_size>-seed<seed>``.
+    """
+    name = f"synthetic-{SYNTHETIC_CACHE_VERSION}-n{per_class}-s{image_size}-seed{seed}"
+    return Path(cache_dir) / name
+
+
+def synthetic_source_size(image_size: int) -> int:
+    """Side of generated images: above the input size, as real photos are (at least 256 px)."""
+    return max(256, int(image_size * 1.5) // 8 * 8)
+
+
+def prepare_synthetic_data(per_class: int, image_size: int, seed: int, cache_dir: Path) -> Path:
+    """Generate the synthetic set once into the cache folder and return it.
+
+    Args:
+        per_class: images per class.
+        image_size: side of the network input, in pixels; the images are larger
+            (:func:`synthetic_source_size`).
+        seed: dataset seed.
+        cache_dir: the cache folder (``Settings.cache_dir``).
+
+    Returns:
+        The ImageFolder root of the set, complete.
+    """
+    source_size = synthetic_source_size(image_size)
+    folder = synthetic_cache_dir(cache_dir, per_class, source_size, seed)
+    done = folder / ".complete"
+    if not done.exists():
+        logger.info("generating %d synthetic images per class into %s", per_class, folder)
+        generate_dataset(folder, per_class=per_class, image_size=source_size, seed=seed)
+        done.write_text("ok\n")
+    return folder
+
+
 def class_weights(labels: np.ndarray) -> dict[int, float]:
     """Weights that make every class count as much as the others (n / (k * n_class))."""
     counts = np.bincount(labels, minlength=len(CLASS_NAMES)).astype(float)
@@ -256,7 +309,7 @@ def class_weights(labels: np.ndarray) -> dict[int, float]:
     return {i: float(total / (k * c)) if c else 0.0 for i, c in enumerate(counts)}
 
 
-def build_augmenter(seed: int):
+def build_augmenter(seed: int) -> Any:
     """Random flip (the other eye), small rotation, brightness and contrast, on 0-255 floats."""
     import keras
 
@@ -277,7 +330,7 @@ def make_tf_dataset(
     batch_size: int,
     training: bool,
     seed: int = 0,
-):
+) -> Any:
     """A tf.data pipeline over decoded images: shuffle, batch, augment in parallel, prefetch.
 
     Args:

@@ -339,12 +339,13 @@ def sync_aliases(model_name: str, client: MlflowClient | None = None) -> dict[st
     return result
 
 
-def _gate_data_dir(eval_data_dir: str) -> Path:
+def _gate_data_dir(eval_data_dir: str, cache_dir: Path) -> Path:
+    """The gate's data: ``eval_data_dir``, else the fixed-seed synthetic set in ``cache_dir``."""
     if eval_data_dir.strip():
         return Path(eval_data_dir).expanduser()
-    from eye_model.train import prepare_synthetic_data
+    from eye_model.data import prepare_synthetic_data
 
-    return prepare_synthetic_data(GATE_SYNTHETIC_PER_CLASS, 224, GATE_SYNTHETIC_SEED)
+    return prepare_synthetic_data(GATE_SYNTHETIC_PER_CLASS, 224, GATE_SYNTHETIC_SEED, cache_dir)
 
 
 @dataclass
@@ -404,7 +405,7 @@ def promote(
         current = [v for v in _versions(model_name, client) if v.current_stage == "Production"]
         previous = str(current[-1].version) if current else None
         if stage == "Production" and previous and previous != version:
-            data_dir = _gate_data_dir(eval_data_dir)
+            data_dir = _gate_data_dir(eval_data_dir, load_settings().cache_dir)
             candidate = evaluate_model_on_folder(f"models:/{model_name}/{version}", data_dir)
             incumbent = evaluate_model_on_folder(f"models:/{model_name}/{previous}", data_dir)
             result.candidate_macro_f1 = candidate["macro_f1"]

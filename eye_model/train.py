@@ -19,7 +19,13 @@ import numpy as np
 import pandas as pd
 
 from eye_model.config import CLASS_NAMES, EMBEDDING_DIMS, PROB_COLUMNS
-from eye_model.data import ImageSet, class_weights, load_dataset, make_tf_dataset
+from eye_model.data import (
+    ImageSet,
+    class_weights,
+    load_dataset,
+    make_tf_dataset,
+    prepare_synthetic_data,
+)
 from eye_model.evaluate import (
     calibrated_probabilities,
     classification_metrics,
@@ -36,9 +42,6 @@ from eye_model.runs import log_new_params
 from eye_model.settings import load_settings
 
 logger = logging.getLogger(__name__)
-
-#: Version of the synthetic cache layout; bump it when the generator changes.
-SYNTHETIC_CACHE_VERSION = "v2"
 
 
 @dataclass
@@ -78,32 +81,6 @@ class TrainResult:
     model_uri: str
     metrics: dict[str, float]
     registered_version: str | None = None
-
-
-def synthetic_cache_dir(per_class: int, image_size: int, seed: int) -> Path:
-    """Folder of the cached synthetic set (``EYE_MODEL_CACHE`` or ``~/.cache/eye-model``)."""
-    root = Path(os.environ.get("EYE_MODEL_CACHE") or Path.home() / ".cache" / "eye-model")
-    name = f"synthetic-{SYNTHETIC_CACHE_VERSION}-n{per_class}-s{image_size}-seed{seed}"
-    return root / name
-
-
-def synthetic_source_size(image_size: int) -> int:
-    """Side of generated images: above the input size, as real photos are (at least 256 px)."""
-    return max(256, int(image_size * 1.5) // 8 * 8)
-
-
-def prepare_synthetic_data(per_class: int, image_size: int, seed: int) -> Path:
-    """Generate the synthetic set once into the cache folder and return it."""
-    from eye_model.synthetic import generate_dataset
-
-    source_size = synthetic_source_size(image_size)
-    folder = synthetic_cache_dir(per_class, source_size, seed)
-    done = folder / ".complete"
-    if not done.exists():
-        logger.info("generating %d synthetic images per class into %s", per_class, folder)
-        generate_dataset(folder, per_class=per_class, image_size=source_size, seed=seed)
-        done.write_text("ok\n")
-    return folder
 
 
 def build_callbacks(calibration_pixels: np.ndarray) -> list[Any]:
@@ -207,7 +184,9 @@ def run_training(config: TrainConfig) -> TrainResult:
     synthetic = not data_dir
     if synthetic:
         data_dir = str(
-            prepare_synthetic_data(config.synthetic_per_class, config.image_size, config.seed)
+            prepare_synthetic_data(
+                config.synthetic_per_class, config.image_size, config.seed, settings.cache_dir
+            )
         )
     dataset = load_dataset(data_dir, config.image_size, seed=config.seed)
 

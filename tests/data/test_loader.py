@@ -1,4 +1,5 @@
-"""The ImageFolder loader: folder names, unknown classes, corrupt files, duplicates, splits."""
+"""The ImageFolder loader: folder names, unknown classes, corrupt files, duplicates, splits,
+and the cache of generated synthetic sets."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from eye_model.data import (
     discover_images,
     load_dataset,
     normalise_class_name,
+    prepare_synthetic_data,
     stratified_split,
+    synthetic_source_size,
 )
 from tests.helpers import draw_fundus_like, encode
 
@@ -135,3 +138,24 @@ def test_class_weights_balance_the_classes() -> None:
     weights = class_weights(labels)
     contributions = [weights[k] * n for k, n in enumerate([100, 50, 25, 25])]
     assert max(contributions) == pytest.approx(min(contributions))
+
+
+def test_synthetic_set_is_generated_once_into_the_cache_folder(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    folder = prepare_synthetic_data(2, 96, 5, cache)
+    assert folder.parent == cache
+    assert folder.name == "synthetic-v2-n2-s256-seed5"
+    files = discover_images(folder)
+    assert files["label"].value_counts().to_dict() == dict.fromkeys(CLASS_NAMES, 2)
+    first = files["path"].iat[0]
+    Path(first).write_bytes(b"kept")  # a second call must not regenerate a complete set
+    assert prepare_synthetic_data(2, 96, 5, cache) == folder
+    assert Path(first).read_bytes() == b"kept"
+    # Another seed is another set, beside the first.
+    assert prepare_synthetic_data(2, 96, 6, cache) != folder
+
+
+def test_synthetic_images_are_larger_than_the_network_input() -> None:
+    assert synthetic_source_size(96) == 256
+    assert synthetic_source_size(224) == 336
+    assert synthetic_source_size(300) == 448
