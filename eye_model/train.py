@@ -7,7 +7,6 @@ Runs log to ``MLFLOW_EXPERIMENT_NAME`` with the tag ``role=training``. Under
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
