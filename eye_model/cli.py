@@ -64,6 +64,9 @@ def main(ctx: click.Context, debug: bool) -> None:
     from eye_model.settings import SettingsError, load_settings
 
     ctx.meta["eye_model.debug"] = debug
+    # MLflow retries an unreachable server for about four minutes by default; a command
+    # says so after about 15 s instead (a user's own setting wins).
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     # Every setting is read once here: a bad value stops any command with one clear line.
     try:
         ctx.obj = load_settings()

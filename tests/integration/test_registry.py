@@ -173,6 +173,73 @@ def test_unknown_stage_and_version_are_clear_errors(versions: dict[str, str]) ->
         promote(NAME, "9", "Staging")
 
 
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [str(Path(sys.executable).parent / "eye-model"), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["promote", "--version", "1.5", "--stage", "Production"], "'1.5' is not a version"),
+        (["promote", "--version", "abc", "--stage", "Production"], "'abc' is not a version"),
+        (["promote", "--version", "0", "--stage", "Staging"], "'0' is not a version"),
+        (["promote", "--version", "9", "--stage", "Staging"], "has no version 9"),
+        (["promote", "--model-name", "../../x", "--version", "1", "--stage", "Staging"], "cannot"),
+        (["register", "--model-uri", "garbage"], "'garbage' is not a logged model"),
+        (["register", "--model-uri", "runs:/0123456789abcdef/model"], "does not exist"),
+        (["rollback", "--model-name", "no-such-model"], "has no Production version"),
+    ],
+)
+def test_cli_typos_change_nothing_and_print_one_line(
+    versions: dict[str, str], args: list[str], message: str
+) -> None:
+    """A typo never moves a version: one line naming the problem, no traceback, exit 1."""
+    client = MlflowClient()
+    before = (_stages(client), _aliases(client))
+    if args[0] == "promote" and "--model-name" not in args:
+        args = [*args, "--model-name", NAME]
+    result = _cli(*args)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.stderr
+    assert (_stages(client), _aliases(client)) == before
+
+
+@pytest.mark.parametrize("name", ["o'neil", 'say "hi"', "50% off", "with space", "ünï-cødé"])
+def test_names_with_quotes_and_symbols_work(versions: dict[str, str], name: str) -> None:
+    """Registry search filters quote names correctly: one registration, then promotion."""
+    run_id = versions["v1"].split("/")[1]
+    version = register_model(versions["v1"], name)
+    with pytest.raises(RegistryError, match="already registered"):
+        register_model(versions["v1"], name)
+    result = promote(name, str(version.version), "Staging")
+    assert result.aliases == {"champion": None, "challenger": str(version.version)}
+    found = MlflowClient().get_model_version(name, str(version.version))
+    assert found.tags["source_run_id"] == run_id
+
+
+def test_debug_shows_the_traceback(versions: dict[str, str]) -> None:
+    plain = _cli("promote", "--model-name", NAME, "--version", "1", "--stage", "Staging")
+    assert plain.returncode == 0, plain.stderr
+    bad_server = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{find_free_port()}"}
+    args = ["promote", "--model-name", NAME, "--version", "1", "--stage", "Staging"]
+    command = [str(Path(sys.executable).parent / "eye-model")]
+    quiet = subprocess.run(
+        [*command, *args], capture_output=True, text=True, env=bad_server, timeout=120
+    )
+    assert quiet.returncode == 1, quiet.stdout + quiet.stderr
+    assert "no tracking server answers at" in quiet.stderr
+    assert "Traceback" not in quiet.stderr
+    loud = subprocess.run(
+        [*command, "--debug", *args], capture_output=True, text=True, env=bad_server, timeout=120
+    )
+    assert loud.returncode == 1
+    assert "Traceback" in loud.stderr
+
+
 def _expected(model_uri: str, images: list[str]) -> np.ndarray:
     out = mlflow.pyfunc.load_model(model_uri).predict(pd.DataFrame({"image": images}))
     return out[list(PROB_COLUMNS)].to_numpy(float)
