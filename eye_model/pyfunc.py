@@ -37,7 +37,7 @@ from mlflow.types.schema import ColSpec, Schema
 
 from eye_model.config import CLASS_NAMES, EMBEDDING_DIMS, PROB_COLUMNS
 from eye_model.preprocess import Base64Text, FundusImage, ImageError, decode_image
-from eye_model.settings import load_settings
+from eye_model.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
 
@@ -319,23 +319,26 @@ class EyeDiseaseClassifier(PythonModel):
         threads = settings.decode_threads
         self._decode_threads = threads
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="eye-model-decode")
-        self._start_telemetry(Path(context.artifacts[_CONFIG_ARTIFACT]).parent.parent)
+        self._start_telemetry(Path(context.artifacts[_CONFIG_ARTIFACT]).parent.parent, settings)
 
-    def _start_telemetry(self, model_dir: Path) -> None:
+    def _start_telemetry(self, model_dir: Path, settings: Settings) -> None:
         """Track predictions when serving (never in in-process evaluation, never when disabled)."""
         from eye_model.telemetry import (
             Telemetry,
             TelemetryConfig,
-            in_scoring_server,
+            install_shutdown_handler,
             read_model_identity,
         )
 
-        config = TelemetryConfig.from_env()
+        config = TelemetryConfig.from_settings(settings)
         # In MLflow's scoring server: log each request, answer with JSON-ready records.
-        self._serving = in_scoring_server()
+        self._serving = settings.in_scoring_server
         self._telemetry = None
         if config.active_here():
-            self._telemetry = Telemetry(config, read_model_identity(model_dir))
+            self._telemetry = Telemetry(config, read_model_identity(model_dir, settings))
+            if settings.in_scoring_server:
+                # The scoring server's process is ours: deliver the last records on SIGTERM.
+                install_shutdown_handler()
         # Telemetry computes the image statistics in its own thread, from the pixels.
         self._keep_pixels = self._telemetry is not None
 

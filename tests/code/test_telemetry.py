@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +13,16 @@ import pytest
 
 from eye_model.preprocess import decode_image
 from eye_model.pyfunc import ScoredImage
+from eye_model.settings import load_settings, settings_environ
 from eye_model.telemetry import (
     InferenceLog,
     ModelIdentity,
+    SessionMetrics,
     Telemetry,
     TelemetryConfig,
     build_records,
+    read_model_identity,
+    shutdown,
 )
 from eye_model.uris import redact_uri
 from tests.helpers import draw_fundus_like, encode
@@ -84,40 +90,173 @@ def test_log_seals_parts_by_size_and_keeps_order(tmp_path: Path) -> None:
 def test_backlog_is_bounded_and_says_what_it_dropped(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    config = TelemetryConfig(
-        tracking_uri="http://127.0.0.1:9",  # nothing listens: every delivery fails
-        log_dir=tmp_path,
-        part_records=10,
-        ship_interval=3600,
-        max_backlog_records=25,
-    )
-    telemetry = Telemetry(config, ModelIdentity())
-    try:
-        for _ in range(4):
-            telemetry.log.append([{"status": "error", "inference_ms": 1.0}] * 10)
-            telemetry.log.seal_if_due(10, 3600)
-        with caplog.at_level(logging.WARNING):
-            telemetry._enforce_backlog()
-        assert telemetry.dropped_records == 20
-        assert "dropped 10 of the oldest records" in caplog.text
-        assert len(telemetry.log.pending_parts()) == 2
-    finally:
-        telemetry._stop.set()
+    log = InferenceLog(tmp_path)
+    for _ in range(4):
+        log.append([{"status": "error", "inference_ms": 1.0}] * 10)
+        log.seal_if_due(10, 3600)
+    with caplog.at_level(logging.WARNING):
+        assert log.enforce_backlog(25) == 20
+    assert log.dropped_records == 20
+    assert "dropped 10 of the oldest records" in caplog.text
+    assert [p.name for p in log.pending_parts()] == ["part-00002.jsonl", "part-00003.jsonl"]
+    assert log.enforce_backlog(25) == 0
 
 
-def test_disabled_or_outside_a_server_means_no_telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("__pyfunc_model_path__", raising=False)
-    monkeypatch.delenv("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", raising=False)
+def test_disabled_or_outside_a_server_means_no_telemetry() -> None:
     assert not TelemetryConfig.from_env({}).active_here()
     assert TelemetryConfig.from_env({"EYE_MODEL_TELEMETRY": "always"}).active_here()
     off = {"EYE_MODEL_TELEMETRY": "always", "ENABLE_MLFLOW_TRACKING": "false"}
     assert not TelemetryConfig.from_env(off).active_here()
-    monkeypatch.setenv("__pyfunc_model_path__", "/models/x")
-    assert TelemetryConfig.from_env({}).active_here()
+    # MLflow's scoring server marks its workers; only they track in the default mode.
+    assert TelemetryConfig.from_env({"__pyfunc_model_path__": "/models/x"}).active_here()
+    serving = {"_MLFLOW_IS_IN_SERVING_ENVIRONMENT": "true"}
+    assert TelemetryConfig.from_env(serving).active_here()
+    assert not TelemetryConfig.from_env({**serving, "EYE_MODEL_TELEMETRY": "never"}).active_here()
     with pytest.raises(ValueError, match="EYE_MODEL_TELEMETRY"):
         TelemetryConfig.from_env({"EYE_MODEL_TELEMETRY": "sometimes"})
+
+
+def test_served_model_identity_comes_from_the_settings(tmp_path: Path) -> None:
+    (tmp_path / "MLmodel").write_text("run_id: abc123\nmodel_id: m-42\n")
+    settings = load_settings(
+        settings_environ(served_name="eye-disease-model", served_version="4", served_uri="")
+    )
+    identity = read_model_identity(tmp_path, settings)
+    assert identity == ModelIdentity(
+        name="eye-disease-model",
+        version="4",
+        uri=str(tmp_path),  # no served URI: the model's folder
+        source_run_id="abc123",
+        logged_model_id="m-42",
+    )
+    settings = load_settings(settings_environ(served_uri="models:/eye-disease-model/4"))
+    assert read_model_identity(None, settings).uri == "models:/eye-disease-model/4"
 
 
 def test_credentials_never_reach_tags() -> None:
     assert redact_uri("http://alice:s3cret@host:5000/x") == "http://alice@host:5000/x"
     assert redact_uri("models:/eye-disease-model/2") == "models:/eye-disease-model/2"
+
+
+def _record(status: str = "ok", confidence: float = 0.9, ms: float = 2.0) -> dict[str, object]:
+    if status != "ok":
+        return {"status": "error", "inference_ms": ms}
+    return {
+        "status": "ok",
+        "confidence": confidence,
+        "predicted_class": "normal",
+        "inference_ms": ms,
+    }
+
+
+def test_session_metrics_number_records_and_queue_every_n() -> None:
+    session = SessionMetrics(window_size=4, every_n=5, every_s=3600)
+    first = [_record(confidence=0.5), _record(), _record("error")]
+    session.count(first)
+    assert [r["count"] for r in first] == [1, 2, 3]
+    assert session.next_pending() is None  # 3 < every_n
+    session.count([_record(confidence=0.8, ms=4.0) for _ in range(3)])
+    step, metrics = session.next_pending()
+    assert step == 6
+    assert metrics["session_total_predictions"] == 6
+    assert metrics["session_error_count"] == 1
+    assert metrics["session_avg_confidence"] == pytest.approx(100 * (0.5 + 0.9 + 2.4) / 5)
+    assert metrics["class_dist_normal"] == 1.0
+    # The window holds the last 4: one error and three at 0.8 (0.8 is not below 0.70).
+    assert metrics["recent_avg_confidence"] == pytest.approx(80.0)
+    assert metrics["recent_low_confidence_ratio"] == 0.0
+    assert metrics["error_rate"] == pytest.approx(0.25)
+    assert metrics["recent_avg_inference_time_ms"] == pytest.approx((2.0 + 12.0) / 4)
+    session.delivered()
+    assert not session.has_pending
+    session.queue_now()  # nothing new since the last snapshot
+    assert not session.has_pending
+    session.count([_record(confidence=0.6)])
+    session.queue_now()
+    assert session.next_pending()[0] == 7
+
+
+def test_session_metrics_queue_when_stale() -> None:
+    session = SessionMetrics(window_size=10, every_n=100, every_s=0.01)
+    session.count([_record()])
+    time.sleep(0.02)
+    session.queue_if_stale()
+    assert session.next_pending()[0] == 1
+
+
+def test_a_session_delivers_its_records_and_metrics_when_closed(
+    tmp_path: Path, tracking_store: str
+) -> None:
+    from mlflow import MlflowClient
+
+    config = TelemetryConfig(
+        tracking_uri=tracking_store,
+        experiment_name="telemetry-unit",
+        log_dir=tmp_path / "telemetry",
+        ship_interval=3600,  # only close() delivers
+    )
+    telemetry = Telemetry(config, ModelIdentity(name="eye-disease-model", version="2"))
+    assert telemetry in shutdown._live
+    telemetry.record(_rows(), request_id="r1", image_ids=["patient-1", "patient-2"])
+    telemetry.record(_rows()[:1], request_id="r2", image_ids=None)
+    telemetry.close()
+    assert telemetry not in shutdown._live
+    client = MlflowClient(tracking_store)
+    run = client.get_run(telemetry.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["role"] == "serving"
+    assert run.data.tags["model_version"] == "2"
+    assert run.data.metrics["session_total_predictions"] == 3
+    assert run.data.metrics["session_error_count"] == 1
+    history = client.get_metric_history(telemetry.run_id, "prediction_confidence")
+    assert sorted(m.step for m in history) == [1, 3]  # the error (step 2) has no point
+    assert all(m.value == pytest.approx(40.0) for m in history)
+    assert telemetry.log.pending_parts() == []  # everything shipped
+    shipped = sorted(p.name for p in telemetry.log.folder.glob("*.shipped"))
+    assert shipped == ["part-00000.shipped"]
+    records = InferenceLog.read_part(telemetry.log.folder / "part-00000.jsonl")
+    assert [r["request_id"] for r in records] == ["r1", "r1", "r2"]
+    assert "image_id" not in json.dumps(records)  # log_image_ids is off
+    artifacts = [f.path for f in client.list_artifacts(telemetry.run_id, "inference_log")]
+    assert artifacts == ["inference_log/part-00000.jsonl"]
+    telemetry.close()  # a second close does nothing
+
+
+_SIGTERM_SCRIPT = """
+import os, signal, sys
+from eye_model.telemetry import install_shutdown_handler, shutdown
+
+class Session:
+    def close(self, timeout=10.0):
+        print("closed", flush=True)
+
+def previous(signum, frame):
+    print("previous", flush=True)
+    sys.exit(3)
+
+signal.signal(signal.SIGTERM, previous)
+shutdown.register(Session())
+assert install_shutdown_handler()
+handler = signal.getsignal(signal.SIGTERM)
+assert install_shutdown_handler()
+assert signal.getsignal(signal.SIGTERM) is handler  # installed once
+os.kill(os.getpid(), signal.SIGTERM)
+print("not reached", flush=True)
+"""
+
+
+def test_sigterm_closes_every_session_then_chains_to_the_previous_handler() -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", _SIGTERM_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert done.stdout.split() == ["closed", "previous"], done.stderr
+    assert done.returncode == 3

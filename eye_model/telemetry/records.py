@@ -1,0 +1,158 @@
+"""Recording rows: the served model's identity, one inference record per image, one log line.
+
+A record describes a prediction and the image's statistics; it never holds pixels, image
+bytes, file names, nor the client's ``image_id`` unless asked (it may identify a patient).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eye_model.config import CLASS_NAMES, PROB_COLUMNS
+from eye_model.settings import Settings
+
+request_logger = logging.getLogger("eye_model.requests")
+
+#: Version of the record layout (``schema`` field of every record).
+RECORD_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Which model a session serves (tags of the session run and fields of each record)."""
+
+    name: str = ""
+    version: str = ""
+    uri: str = ""
+    source_run_id: str = ""
+    logged_model_id: str = ""
+
+
+def read_model_identity(model_dir: Path | None, settings: Settings) -> ModelIdentity:
+    """Identify the served model from ``eye-model serve``'s settings and the MLmodel file.
+
+    Args:
+        model_dir: the served model's folder (holding ``MLmodel``), if known.
+        settings: the process's settings; ``served_name``, ``served_version`` and
+            ``served_uri`` are set by ``eye-model serve``.
+
+    Returns:
+        The identity; the URI falls back to ``model_dir`` when ``served_uri`` is unset.
+    """
+    run_id = model_id = ""
+    if model_dir is not None and (model_dir / "MLmodel").is_file():
+        import yaml
+
+        meta = yaml.safe_load((model_dir / "MLmodel").read_text()) or {}
+        run_id = str(meta.get("run_id") or "")
+        model_id = str(meta.get("model_id") or "")
+    return ModelIdentity(
+        name=settings.served_name,
+        version=settings.served_version,
+        uri=settings.served_uri or str(model_dir or ""),
+        source_run_id=run_id,
+        logged_model_id=model_id,
+    )
+
+
+def _round(value: float, digits: int = 6) -> float:
+    return float(round(float(value), digits))
+
+
+def build_records(
+    rows: Sequence[Any],
+    *,
+    request_id: str,
+    identity: ModelIdentity,
+    image_ids: Sequence[object] | None = None,
+    timestamp: float | None = None,
+) -> list[dict[str, Any]]:
+    """One inference record per scored row (``eye_model.pyfunc.ScoredImage``), no pixels.
+
+    Args:
+        rows: the scored rows of one request, in order.
+        request_id: the request's id, shared by its records.
+        identity: the served model.
+        image_ids: the client's ids, one per row, kept only when given (None stays None).
+        timestamp: the request's time (epoch s); default now.
+
+    Returns:
+        Records with the fields ``schema``, ``request_id``, ``row``, ``timestamp`` (epoch s),
+        ``model_name``, ``model_version``, ``source_run_id``, ``status`` (ok/error),
+        ``error``, ``inference_ms``, ``predicted_class``, ``confidence`` (0-1),
+        ``prob_<class>`` (0-1), ``img_*`` (metadata and statistics) and ``emb_0`` … ``emb_7``.
+    """
+    now = time.time() if timestamp is None else timestamp
+    records = []
+    for i, row in enumerate(rows):
+        record: dict[str, Any] = {
+            "schema": RECORD_SCHEMA,
+            "request_id": request_id,
+            "row": i,
+            "timestamp": now,
+            "model_name": identity.name,
+            "model_version": identity.version,
+            "source_run_id": identity.source_run_id,
+            "inference_ms": _round(row.inference_ms, 3),
+        }
+        if image_ids is not None:  # a missing id stays missing (None), not "None"
+            record["image_id"] = None if image_ids[i] is None else str(image_ids[i])
+        error = row.output_error
+        if error is None:
+            probs = row.probabilities
+            top = int(np.argmax(probs))
+            record.update(status="ok", error=None, predicted_class=CLASS_NAMES[top])
+            record["confidence"] = _round(probs[top])
+            record.update({c: _round(p) for c, p in zip(PROB_COLUMNS, probs, strict=True)})
+        else:
+            record.update(status="error", error=error, predicted_class=None, confidence=None)
+        if row.image is not None:
+            record.update(
+                {
+                    k: (_round(v, 4) if isinstance(v, float) else v)
+                    for k, v in row.image.metadata().items()
+                }
+            )
+        if row.embedding is not None:
+            record.update({f"emb_{k}": _round(v) for k, v in enumerate(row.embedding)})
+        records.append(record)
+    return records
+
+
+def log_request(request_id: str, *, latency_ms: float, rows: int, errors: int) -> None:
+    """One structured (JSON) log line per request: id, latency, rows and errors.
+
+    Args:
+        request_id: the request's id (also in its inference records).
+        latency_ms: time ``predict`` took, in ms.
+        rows: images in the request.
+        errors: images that got an error instead of a prediction.
+    """
+    if not request_logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        request_logger.addHandler(handler)
+        request_logger.setLevel(logging.INFO)
+        request_logger.propagate = False
+    request_logger.info(
+        json.dumps(
+            {
+                "event": "predict",
+                "request_id": request_id,
+                "latency_ms": round(latency_ms, 3),
+                "rows": rows,
+                "errors": errors,
+                "pid": os.getpid(),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+        )
+    )
