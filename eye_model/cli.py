@@ -19,6 +19,7 @@ from eye_model.config import ENV_MANAGERS, SERVING_PORT, TRACKING_PORT
 
 if TYPE_CHECKING:
     from eye_model.settings import Settings
+    from eye_model.stack import StackPaths
 
 BOOL = BoolParamType()
 
@@ -159,8 +160,8 @@ def synthesize(out_dir: str, per_class: int, image_size: int, seed: int) -> None
 def serve(model_uri: str, alias: str, port: int, host: str, env_manager: str, workers: int) -> None:
     """Serve a model with `mlflow models serve` (POST images to /invocations)."""
     from eye_model.registry import RegistryError, resolve_serving_model
-    from eye_model.serving import build_serve_command, server_environment
     from eye_model.settings import settings_environ
+    from eye_model.stack import build_serve_command, server_environment
 
     try:
         resolved = resolve_serving_model(alias=alias, model_uri=model_uri)
@@ -361,6 +362,17 @@ def probe(url: str, interval: float, count: int, timeout: float) -> None:
         sys.exit(1)
 
 
+def _stack_settings(home: str | None) -> tuple[Settings, StackPaths]:
+    """eye-model's settings (read once by the group) and the stack's folder.
+
+    The folder is ``--home``, else the settings' home.
+    """
+    from eye_model.stack import StackPaths
+
+    settings = click.get_current_context().find_root().obj
+    return settings, StackPaths.from_settings(settings, home)
+
+
 @main.group()
 def stack() -> None:
     """The local stack: tracking server (5000) and model server (8080) in the background."""
@@ -417,24 +429,26 @@ def stack_up(
     EYE_MODEL_ADMIN_PASSWORD, MLFLOW_AUTH_ADMIN_PASSWORD or MLFLOW_TRACKING_PASSWORD.
     """
     from eye_model.stack import (
-        StackPaths,
         model_server_environment,
         resolve_tracking_config,
         start_model_server,
         start_tracking,
     )
 
-    paths = StackPaths.from_env(home)
+    settings, paths = _stack_settings(home)
     try:
         config = resolve_tracking_config(
             paths,
+            settings=settings,
             profile=profile,
             backend_store_uri=backend_store_uri,
             artifacts_destination=artifacts_destination,
             auth_db_uri=auth_db_uri,
             allowed_hosts=allowed_hosts,
         )
-        tracking_uri = start_tracking(paths, port=tracking_port, host=host, config=config)
+        tracking_uri = start_tracking(
+            paths, settings=settings, port=tracking_port, host=host, config=config
+        )
         described = config.describe()
         click.echo(f"tracking server: {tracking_uri} (UI and API); logs in {paths.logs}")
         login = f", login required (user {config.admin_username!r})" if config.authenticated else ""
@@ -443,7 +457,7 @@ def stack_up(
             f"artifacts {described['artifacts_destination']}{login}"
         )
         if model_uri:
-            env = model_server_environment(tracking_uri, config)
+            env = model_server_environment(tracking_uri, config, settings)
             url = start_model_server(paths, model_uri, port=serving_port, host=host, env=env)
             click.echo(f"model server: {url}/invocations serving {model_uri}")
     except RuntimeError as exc:  # StackError, or a server that did not start (log tail)
@@ -454,9 +468,9 @@ def stack_up(
 @click.option("--home", default=None, help="State folder (default EYE_MODEL_HOME or .eye-model).")
 def stack_down(home: str | None) -> None:
     """Stop the model server, then the tracking server."""
-    from eye_model.stack import StackPaths, stop_service
+    from eye_model.stack import stop_service
 
-    paths = StackPaths.from_env(home)
+    _, paths = _stack_settings(home)
     for service in ("model", "tracking"):
         if stop_service(paths, service):
             click.echo(f"stopped {service} server")
@@ -466,9 +480,9 @@ def stack_down(home: str | None) -> None:
 @click.option("--home", default=None, help="State folder (default EYE_MODEL_HOME or .eye-model).")
 def stack_status_command(home: str | None) -> None:
     """Print which servers run, as JSON; exit 1 when none does."""
-    from eye_model.stack import StackPaths, stack_status
+    from eye_model.stack import stack_status
 
-    status = stack_status(StackPaths.from_env(home))
+    status = stack_status(_stack_settings(home)[1])
     click.echo(json.dumps(status))
     if not any(status.values()):
         sys.exit(1)
@@ -479,9 +493,9 @@ def stack_status_command(home: str | None) -> None:
 @click.option("--lines", "-n", type=int, default=40, help="Lines of each log.")
 def stack_logs(home: str | None, lines: int) -> None:
     """Print the end of each server's log."""
-    from eye_model.stack import SERVICES, StackPaths
+    from eye_model.stack import SERVICES
 
-    paths = StackPaths.from_env(home)
+    _, paths = _stack_settings(home)
     for service in SERVICES:
         log = paths.log_file(service)
         if log.exists():
@@ -527,11 +541,13 @@ def _on_stores(
     auth_db_uri: str | None,
 ) -> Any:
     """Locate the stores the options name and run ``job`` on them; errors become CLI errors."""
-    from eye_model.backup import BackupError, locate_stores
+    from eye_model.stack import BackupError, locate_stores
 
+    settings, _ = _stack_settings(home)
     try:
         stores = locate_stores(
             home,
+            settings=settings,
             backend_store_uri=backend_store_uri,
             artifacts_destination=artifacts_destination,
             auth_db_uri=auth_db_uri,
@@ -555,7 +571,7 @@ def backup(
 
     Database passwords come from PGPASSWORD or ~/.pgpass; none is written to the backup.
     """
-    from eye_model.backup import backup_stores
+    from eye_model.stack import backup_stores
 
     stores = (home, backend_store_uri, artifacts_destination, auth_db_uri)
     manifest = _on_stores(lambda located: backup_stores(out_dir, located), *stores)
@@ -576,7 +592,7 @@ def restore(
 
     Create the database first (createdb NAME), restore, then start a tracking server on it.
     """
-    from eye_model.backup import restore_stores
+    from eye_model.stack import restore_stores
 
     stores = (home, backend_store_uri, artifacts_destination, auth_db_uri)
     result = _on_stores(lambda located: restore_stores(from_dir, located), *stores)

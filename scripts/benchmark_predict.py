@@ -505,7 +505,7 @@ class Benchmark:
         """One 2000 px image per request to the served model and to a served no-op (goal D)."""
         import requests
 
-        from eye_model.serving import (
+        from eye_model.stack import (
             build_serve_command,
             find_free_port,
             start_process,

@@ -71,7 +71,7 @@ class TrackingServer:
     """
 
     def __init__(self, home: Path, port: int | None = None) -> None:
-        from eye_model.serving import find_free_port
+        from eye_model.stack import find_free_port
 
         self.home = home
         self.port = port or find_free_port()
@@ -79,8 +79,7 @@ class TrackingServer:
         self.process = None
 
     def start(self) -> TrackingServer:
-        from eye_model.serving import start_process, wait_for_http
-        from eye_model.stack import build_tracking_command
+        from eye_model.stack import build_tracking_command, start_process, wait_for_http
 
         command = build_tracking_command(
             backend_store_uri=f"sqlite:///{self.home / 'mlflow.db'}",
@@ -92,7 +91,7 @@ class TrackingServer:
         return self
 
     def stop(self) -> None:
-        from eye_model.serving import stop_process
+        from eye_model.stack import stop_process
 
         if self.process is not None:
             stop_process(self.process)

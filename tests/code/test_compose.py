@@ -21,11 +21,12 @@ from eye_model.config import (
     SERVING_PORT,
     TRACKING_PORT,
 )
-from eye_model.serving import build_serve_command, mlflow_executable
 from eye_model.stack import (
     BASIC_AUTH_APP,
     TrackingConfig,
+    build_serve_command,
     build_tracking_command,
+    mlflow_executable,
     render_auth_config,
 )
 from eye_model.uris import split_password

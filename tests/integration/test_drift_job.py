@@ -22,7 +22,7 @@ from PIL import ImageEnhance
 
 from eye_model.monitoring import parse_since, run_drift_job
 from eye_model.pyfunc import ModelConfig, log_model
-from eye_model.serving import find_free_port
+from eye_model.stack import find_free_port
 from eye_model.validation import load_classifier, render_pool, score_images
 from tests.conftest import TrainedModel
 

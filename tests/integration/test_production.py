@@ -30,12 +30,15 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
+from eye_model.settings import Settings, SettingsError, load_settings
 from eye_model.stack import (
     ADMIN_PASSWORD_FILE_ENV,
     BASIC_AUTH_APP,
+    ProcessIdentity,
     StackError,
     StackPaths,
     TrackingConfig,
+    find_free_port,
     read_admin_password,
     read_stack_state,
     resolve_tracking_config,
@@ -83,20 +86,29 @@ def test_passwords_are_taken_out_of_uris(uri: str, redacted: str, password: str 
 def test_production_profile_needs_a_database_server(tmp_path: Path) -> None:
     paths = StackPaths(tmp_path)
     with pytest.raises(StackError, match="MLFLOW_BACKEND_STORE_URI"):
-        resolve_tracking_config(paths, profile="production", environ={})
+        resolve_tracking_config(paths, settings=Settings(), profile="production")
     with pytest.raises(StackError, match="not a database server"):
         resolve_tracking_config(
-            paths, profile="production", backend_store_uri=f"sqlite:///{tmp_path}/m.db"
+            paths,
+            settings=Settings(),
+            profile="production",
+            backend_store_uri=f"sqlite:///{tmp_path}/m.db",
         )
     with pytest.raises(StackError, match="profile 'prod' is unknown"):
-        resolve_tracking_config(paths, profile="prod")
+        resolve_tracking_config(paths, settings=Settings(), profile="prod")
     with pytest.raises(StackError, match="default permission 'ALL' is unknown"):
         resolve_tracking_config(
             paths,
+            settings=Settings(),
             profile="production",
             backend_store_uri="postgresql://u@h/db",
-            environ={"EYE_MODEL_DEFAULT_PERMISSION": "all"},
+            default_permission="all",
         )
+    # The same mistakes in the environment are refused when the settings are read.
+    with pytest.raises(SettingsError, match="EYE_MODEL_DEFAULT_PERMISSION='all'"):
+        load_settings({"EYE_MODEL_DEFAULT_PERMISSION": "all"})
+    with pytest.raises(SettingsError, match="EYE_MODEL_STACK_PROFILE='prod'"):
+        load_settings({"EYE_MODEL_STACK_PROFILE": "prod"})
 
 
 def test_production_profile_from_environment(tmp_path: Path) -> None:
@@ -106,7 +118,7 @@ def test_production_profile_from_environment(tmp_path: Path) -> None:
         "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "art"),
         "MLFLOW_TRACKING_USERNAME": "operator",
     }
-    config = resolve_tracking_config(StackPaths(tmp_path), environ=env)
+    config = resolve_tracking_config(StackPaths(tmp_path), settings=load_settings(env))
     assert config == TrackingConfig(
         profile="production",
         backend_store_uri="postgresql+psycopg2://eye@db:5432/mlflow",
@@ -116,21 +128,21 @@ def test_production_profile_from_environment(tmp_path: Path) -> None:
         admin_username="operator",
         default_permission="READ",
     )
-    embedded = resolve_tracking_config(StackPaths(tmp_path), environ={})
+    embedded = resolve_tracking_config(StackPaths(tmp_path), settings=load_settings({}))
     assert embedded.profile == "embedded"
     assert embedded.app_name is None
     assert embedded.backend_store_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
 def test_a_bare_postgresql_uri_names_the_installed_driver(monkeypatch: pytest.MonkeyPatch) -> None:
-    import eye_model.stack as stack
+    import eye_model.stack.config as stack_config
 
-    monkeypatch.setattr(stack, "_installed", lambda module: module == "psycopg2")
+    monkeypatch.setattr(stack_config, "_installed", lambda module: module == "psycopg2")
     assert with_installed_driver("postgresql://u@h/db") == "postgresql+psycopg2://u@h/db"
     assert with_installed_driver("postgresql+psycopg://u@h/db") == "postgresql+psycopg://u@h/db"
-    monkeypatch.setattr(stack, "_installed", lambda module: module == "psycopg")
+    monkeypatch.setattr(stack_config, "_installed", lambda module: module == "psycopg")
     assert with_installed_driver("postgresql://u@h/db") == "postgresql://u@h/db"
-    monkeypatch.setattr(stack, "_installed", lambda module: False)
+    monkeypatch.setattr(stack_config, "_installed", lambda module: False)
     with pytest.raises(StackError, match="needs a PostgreSQL driver"):
         with_installed_driver("postgresql://u:topsecret@h/db")
 
@@ -139,22 +151,24 @@ def test_admin_password_sources_and_errors(tmp_path: Path) -> None:
     secret = tmp_path / "admin_password"
     secret.write_text("from-the-secret-file\n")
     env = {ADMIN_PASSWORD_FILE_ENV: str(secret), "EYE_MODEL_ADMIN_PASSWORD": "from-the-variable"}
-    assert read_admin_password(env) == (
+    assert read_admin_password(load_settings(env)) == (
         "from-the-secret-file",
         f"{ADMIN_PASSWORD_FILE_ENV} ({secret})",
     )
-    assert read_admin_password({"MLFLOW_TRACKING_PASSWORD": "tracking-password"}) == (
+    assert read_admin_password(
+        load_settings({"MLFLOW_TRACKING_PASSWORD": "tracking-password"})
+    ) == (
         "tracking-password",
         "MLFLOW_TRACKING_PASSWORD",
     )
     with pytest.raises(StackError, match="EYE_MODEL_ADMIN_PASSWORD_FILE") as missing:
-        read_admin_password({})
+        read_admin_password(Settings())
     assert "EYE_MODEL_ADMIN_PASSWORD" in str(missing.value)
     with pytest.raises(StackError, match="at least 12 characters") as short:
-        read_admin_password({"EYE_MODEL_ADMIN_PASSWORD": "short-pw"})
+        read_admin_password(load_settings({"EYE_MODEL_ADMIN_PASSWORD": "short-pw"}))
     assert "short-pw" not in str(short.value)
     with pytest.raises(StackError, match="cannot read"):
-        read_admin_password({ADMIN_PASSWORD_FILE_ENV: str(tmp_path / "absent")})
+        read_admin_password(load_settings({ADMIN_PASSWORD_FILE_ENV: str(tmp_path / "absent")}))
 
 
 def test_auth_config_is_private_and_mlflow_reads_it(
@@ -166,12 +180,12 @@ def test_auth_config_is_private_and_mlflow_reads_it(
     paths = StackPaths(tmp_path / "home")
     config = resolve_tracking_config(
         paths,
+        settings=Settings(),
         profile="production",
         backend_store_uri="postgresql+psycopg2://eye:db-password-77@db:5432/mlflow",
-        environ={},
     )
     command, extra, unset = tracking_server_launch(
-        paths, config, environ={"EYE_MODEL_ADMIN_PASSWORD": password}
+        paths, config, settings=load_settings({"EYE_MODEL_ADMIN_PASSWORD": password})
     )
     ini = paths.auth_config
     assert stat.S_IMODE(ini.stat().st_mode) == 0o600
@@ -201,19 +215,31 @@ def test_model_server_logs_in_with_client_or_admin_credentials(tmp_path: Path) -
     from eye_model.stack import model_server_environment
 
     config = resolve_tracking_config(
-        StackPaths(tmp_path), profile="production", backend_store_uri="postgresql://u@h/db"
+        StackPaths(tmp_path),
+        settings=Settings(),
+        profile="production",
+        backend_store_uri="postgresql://u@h/db",
     )
     url = "http://127.0.0.1:5000"
-    admin = model_server_environment(url, config, {"EYE_MODEL_ADMIN_PASSWORD": "admin-password-1"})
+    admin = model_server_environment(
+        url, config, load_settings({"EYE_MODEL_ADMIN_PASSWORD": "admin-password-1"})
+    )
     assert admin == {
         "MLFLOW_TRACKING_URI": url,
         "MLFLOW_TRACKING_USERNAME": "admin",
         "MLFLOW_TRACKING_PASSWORD": "admin-password-1",
     }
     client = {"MLFLOW_TRACKING_USERNAME": "serving", "MLFLOW_TRACKING_PASSWORD": "serving-pw-12"}
-    assert model_server_environment(url, config, client) == {"MLFLOW_TRACKING_URI": url}
-    embedded = resolve_tracking_config(StackPaths(tmp_path), environ={})
-    assert model_server_environment(url, embedded, {}) == {"MLFLOW_TRACKING_URI": url}
+    assert model_server_environment(url, config, load_settings(client)) == {
+        "MLFLOW_TRACKING_URI": url
+    }
+    embedded = resolve_tracking_config(StackPaths(tmp_path), settings=Settings())
+    assert model_server_environment(url, embedded, Settings()) == {"MLFLOW_TRACKING_URI": url}
+    # A tracking server named in the settings wins over the stack's.
+    other = load_settings({"MLFLOW_TRACKING_URI": "http://tracking.example:5000"})
+    assert model_server_environment(url, embedded, other) == {
+        "MLFLOW_TRACKING_URI": "http://tracking.example:5000"
+    }
 
 
 def test_stopping_the_tracking_server_removes_the_password_file(tmp_path: Path) -> None:
@@ -440,8 +466,6 @@ class ProductionStack:
 @pytest.fixture(scope="module")
 def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProductionStack]:
     """The production stack on a fresh database: `eye-model stack up --profile production`."""
-    from eye_model.serving import find_free_port
-
     _require_postgres()
     database = _create_database("eye_model_test")
     home = tmp_path_factory.mktemp("production-home")
@@ -541,7 +565,7 @@ def test_production_stack_runs_on_postgres_behind_a_login(production: Production
         == 401
     )
     # The server process has neither the admin password nor its secret file in its environment.
-    pid = int(paths.pid_file("tracking").read_text())
+    pid = ProcessIdentity.from_json(paths.pid_file("tracking").read_text()).pid
     environ = Path(f"/proc/{pid}/environ").read_bytes()
     assert production.password.encode() not in environ
     assert b"EYE_MODEL_ADMIN_PASSWORD" not in environ
@@ -554,7 +578,7 @@ def test_lifecycle_against_the_authenticated_postgres_stack(
     production: ProductionStack, as_admin: MlflowClient
 ) -> None:
     from eye_model.registry import promote, register_model
-    from eye_model.serving import find_free_port, score_files
+    from eye_model.serving import score_files
     from eye_model.synthetic import generate_dataset
     from eye_model.train import TrainConfig, run_training
 
@@ -683,8 +707,6 @@ def test_admin_creates_users_and_grants_permissions(
 def test_backup_and_restore_into_an_empty_database(
     production: ProductionStack, as_admin: MlflowClient, tmp_path: Path
 ) -> None:
-    from eye_model.serving import find_free_port
-
     if "trained" not in production.results:
         pytest.fail("the lifecycle test did not train and register")
     backup_dir = tmp_path / "backup"
@@ -737,12 +759,15 @@ def test_backup_and_restore_into_an_empty_database(
     # A second tracking server on the restored stores: same runs, models, users, artifacts.
     paths = StackPaths(target_home)
     config = resolve_tracking_config(
-        paths, profile="production", backend_store_uri=target_uri, environ={}
+        paths, settings=Settings(), profile="production", backend_store_uri=target_uri
     )
     port = find_free_port()
     production.cleanup.append(lambda: stop_service(paths, "tracking"))
     url = start_tracking(
-        paths, port=port, config=config, environ={"EYE_MODEL_ADMIN_PASSWORD": production.password}
+        paths,
+        settings=load_settings({"EYE_MODEL_ADMIN_PASSWORD": production.password}),
+        port=port,
+        config=config,
     )
     # The admin's credentials are in the environment; models:/ URIs resolve on this server.
     mlflow.set_registry_uri(url)

@@ -29,7 +29,7 @@ from eye_model.registry import (
     register_model,
     rollback,
 )
-from eye_model.serving import find_free_port, start_process, stop_process, wait_for_http
+from eye_model.stack import find_free_port, start_process, stop_process, wait_for_http
 from eye_model.synthetic import generate_dataset
 from tests.conftest import TrainedModel
 from tests.helpers import TrackingServer, b64

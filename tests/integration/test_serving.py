@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from eye_model.config import CLASS_NAMES, PROB_COLUMNS
-from eye_model.serving import (
+from eye_model.stack import (
     build_serve_command,
     find_free_port,
     server_environment,

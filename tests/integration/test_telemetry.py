@@ -12,7 +12,7 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
-from eye_model.serving import (
+from eye_model.stack import (
     build_serve_command,
     find_free_port,
     server_environment,

@@ -29,13 +29,13 @@ import shutil
 import sqlite3
 import subprocess
 import tarfile
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from eye_model.stack import (
+from eye_model.settings import Settings, env_name
+from eye_model.stack.config import (
     StackError,
     StackPaths,
     is_local_path,
@@ -76,26 +76,26 @@ class StoreLocations:
 def locate_stores(
     home: str | Path | None = None,
     *,
+    settings: Settings,
     backend_store_uri: str | None = None,
     artifacts_destination: str | None = None,
     auth_db_uri: str | None = None,
-    environ: Mapping[str, str] | None = None,
 ) -> StoreLocations:
-    """Find the stores: explicit values and environment variables, else the stack's state.
+    """Find the stores: explicit values and settings, else the stack's state.
 
     When a backend store is given (argument or ``MLFLOW_BACKEND_STORE_URI``), the other
-    locations come from their arguments or ``MLFLOW_ARTIFACTS_DESTINATION`` and
-    ``EYE_MODEL_AUTH_DB_URI`` only (no auth database when neither is set), so nothing
-    is mixed in from an unrelated state folder. Otherwise every location not given comes
-    from what ``eye-model stack up`` recorded in ``<home>/stack.json``, else from the
-    embedded defaults under ``home``.
+    locations come from their arguments or the settings' artifact destination and auth
+    database only (no auth database when neither is set), so nothing is mixed in from
+    an unrelated state folder. Otherwise every location not given comes from what
+    ``eye-model stack up`` recorded in ``<home>/stack.json``, else from the embedded
+    defaults under ``home``.
 
     Args:
-        home: the stack's state folder (default ``EYE_MODEL_HOME`` or ``./.eye-model``).
+        home: the stack's state folder (default: the settings' home).
+        settings: eye-model's settings (the defaults of the locations).
         backend_store_uri: the backend store.
         artifacts_destination: the artifact folder.
         auth_db_uri: the basic-auth database ("" for none).
-        environ: environment variables (default ``os.environ``).
 
     Returns:
         The locations.
@@ -103,18 +103,17 @@ def locate_stores(
     Raises:
         BackupError: a backend store without an artifact destination.
     """
-    env = os.environ if environ is None else environ
-    backend = backend_store_uri or env.get("MLFLOW_BACKEND_STORE_URI")
-    artifacts = artifacts_destination or env.get("MLFLOW_ARTIFACTS_DESTINATION")
-    auth = auth_db_uri if auth_db_uri is not None else env.get("EYE_MODEL_AUTH_DB_URI")
+    backend = backend_store_uri or settings.backend_store_uri
+    artifacts = artifacts_destination or settings.artifacts_destination
+    auth = auth_db_uri if auth_db_uri is not None else (settings.auth_db_uri or None)
     if backend:
         if not artifacts:
             raise BackupError(
                 "give the artifact folder with --artifacts-destination (or "
-                "MLFLOW_ARTIFACTS_DESTINATION) together with the backend store"
+                f"{env_name('artifacts_destination')}) together with the backend store"
             )
         return StoreLocations(backend, artifacts, auth or "")
-    paths = StackPaths.from_env(home)
+    paths = StackPaths.from_settings(settings, home)
     state = read_stack_state(paths)
     auth_default = f"sqlite:///{paths.auth_db}" if paths.auth_db.exists() else ""
     return StoreLocations(
