@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import collections
 import functools
-import hashlib
-import json
 import logging
 import shutil
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +32,8 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc.model import PythonModel, PythonModelContext
 from mlflow.types.schema import ColSpec, Schema
 
-from eye_model.config import CLASS_NAMES, EMBEDDING_DIMS, PROB_COLUMNS
+from eye_model.config import PROB_COLUMNS
+from eye_model.inference import ModelConfig, aligned_stack, shared_runner
 from eye_model.preprocess import Base64Text, FundusImage, ImageError, decode_image
 from eye_model.settings import Settings, load_settings
 
@@ -50,158 +48,9 @@ OUTPUT_COLUMNS: tuple[str, ...] = ("predicted_class", "confidence", *PROB_COLUMN
 #: Most images one decode task takes (fewer when that leaves a decoding thread idle).
 DECODE_CHUNK = 8
 
-#: Byte alignment of arrays handed to TensorFlow without a copy (Eigen's largest, AVX-512).
-TENSOR_ALIGNMENT = 64
-
 _NETWORK_ARTIFACT = "network"
 _CONFIG_ARTIFACT = "config"
 _REFERENCE_ARTIFACT = "reference_profile"
-
-
-@dataclass
-class ModelConfig:
-    """What the pyfunc needs besides the network weights (stored as ``config.json``).
-
-    Attributes:
-        image_size: side of the square network input, in pixels.
-        class_names: output classes, in logit order.
-        temperature: calibration temperature; probabilities are softmax(logits / temperature).
-        backbone: name of the network builder used.
-        embedding_mean: mean of the penultimate-layer embedding on the validation split.
-        embedding_projection: (embedding size x EMBEDDING_DIMS) PCA projection; empty = the
-            first EMBEDDING_DIMS components are kept.
-        extra: anything else worth keeping with the model (data description, metrics).
-    """
-
-    image_size: int
-    class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
-    temperature: float = 1.0
-    backbone: str = "small_cnn"
-    embedding_mean: list[float] = field(default_factory=list)
-    embedding_projection: list[list[float]] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        """Serialise to JSON text."""
-        return json.dumps(self.__dict__, indent=1)
-
-    @classmethod
-    def from_json(cls, text: str) -> ModelConfig:
-        """Read back what :meth:`to_json` wrote, ignoring keys from newer versions."""
-        raw = json.loads(text)
-        known = {key: raw[key] for key in cls.__dataclass_fields__ if key in raw}
-        return cls(**known)
-
-
-class NetworkRunner:
-    """The network compiled once for serving: uint8 images in, probabilities and embeddings out.
-
-    Thread-safe: the scoring server may call it from several threads at once.
-    """
-
-    def __init__(self, network: Any, config: ModelConfig) -> None:
-        import tensorflow as tf
-
-        from eye_model.network import build_embedding_model
-
-        self.image_size = config.image_size
-        dual = build_embedding_model(network)
-        temperature = tf.constant(float(config.temperature), tf.float32)
-        width = int(dual.outputs[1].shape[-1])
-        if config.embedding_projection:
-            projection = np.asarray(config.embedding_projection, np.float32)
-            mean = np.asarray(config.embedding_mean, np.float32)
-        else:
-            dims = min(EMBEDDING_DIMS, width)
-            projection = np.eye(width, dims, dtype=np.float32)
-            mean = np.zeros(width, np.float32)
-        projection_t = tf.constant(projection)
-        mean_t = tf.constant(mean)
-        spec = tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.uint8, name="images")
-
-        @tf.function(input_signature=[spec])
-        def run(images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            logits, embedding = dual(tf.cast(images, tf.float32), training=False)
-            probabilities = tf.nn.softmax(logits / temperature, axis=-1)
-            return probabilities, tf.matmul(embedding - mean_t, projection_t)
-
-        self._run = run
-        self._tf = tf
-
-    def warm_up(self) -> None:
-        """Trace and run the function once, so the first request is not slow."""
-        self.run(np.zeros((1, self.image_size, self.image_size, 3), np.uint8))
-
-    def _as_tensor(self, images: np.ndarray) -> Any:
-        """The images as a tensor, sharing their memory when TensorFlow can.
-
-        ``convert_to_tensor`` copies; a C-contiguous array aligned as TensorFlow's kernels
-        require (they abort the process on a misaligned tensor) is handed over through
-        DLPack without a copy: 2 ms less per batch of 32 at 224 px.
-        """
-        flags = images.flags
-        # NumPy exports only writeable arrays through DLPack.
-        if flags.c_contiguous and flags.writeable and images.ctypes.data % TENSOR_ALIGNMENT == 0:
-            return self._tf.experimental.dlpack.from_dlpack(images.__dlpack__())
-        return self._tf.convert_to_tensor(images)
-
-    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Score a batch.
-
-        Args:
-            images: uint8 array (n, size, size, 3).
-
-        Returns:
-            Probabilities (n, classes) as float64 summing to 1, and reduced embeddings
-            (n, EMBEDDING_DIMS) as float32.
-        """
-        probabilities, embedding = self._run(self._as_tensor(images))
-        probabilities = probabilities.numpy().astype(np.float64)
-        # Renormalise in float64 so a client's sum check holds to 1e-9.
-        probabilities /= probabilities.sum(axis=1, keepdims=True)
-        return probabilities, embedding.numpy()
-
-
-def aligned_stack(arrays: list[np.ndarray]) -> np.ndarray:
-    """``np.stack(arrays)`` in memory aligned to ``TENSOR_ALIGNMENT`` bytes."""
-    shape = (len(arrays), *arrays[0].shape)
-    size = int(np.prod(shape)) * arrays[0].itemsize
-    raw = np.empty(size + TENSOR_ALIGNMENT, np.uint8)
-    offset = -raw.ctypes.data % TENSOR_ALIGNMENT
-    out = raw[offset : offset + size].view(arrays[0].dtype).reshape(shape)
-    return np.stack(arrays, out=out)
-
-
-_RUNNERS: collections.OrderedDict[str, NetworkRunner] = collections.OrderedDict()
-_RUNNERS_LOCK = threading.Lock()
-#: Compiled networks kept per process (least recently loaded dropped first).
-RUNNER_CACHE_SIZE = 4
-
-
-def shared_runner(network_path: Path, config: ModelConfig) -> NetworkRunner:
-    """The compiled, warmed-up network of a model, built once per process.
-
-    ``spark_udf`` in local mode loads the model again in every task, and Spark reuses its
-    Python workers across tasks and jobs: building the runner once per worker saves about
-    0.35 s per task. The key is the network file's content and the config, so a copy of
-    the same model (each ``spark_udf`` call copies it) shares the runner and a changed
-    model never does. :class:`NetworkRunner` is thread-safe, so sharing it is too.
-    """
-    import keras
-
-    digest = hashlib.sha256(network_path.read_bytes())
-    digest.update(config.to_json().encode())
-    key = digest.hexdigest()
-    with _RUNNERS_LOCK:
-        runner = _RUNNERS.get(key)
-        if runner is None:
-            network = keras.saving.load_model(network_path, compile=False)
-            runner = NetworkRunner(network, config)
-            runner.warm_up()
-            _RUNNERS[key] = runner
-            while len(_RUNNERS) > RUNNER_CACHE_SIZE:
-                _RUNNERS.popitem(last=False)
-        return runner
 
 
 @dataclass

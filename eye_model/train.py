@@ -36,7 +36,8 @@ from eye_model.evaluate import (
     plot_training_curves,
     score_files,
 )
-from eye_model.pyfunc import ModelConfig, NetworkRunner, log_model
+from eye_model.inference import ModelConfig, NetworkRunner
+from eye_model.pyfunc import log_model
 from eye_model.runs import log_new_params
 from eye_model.settings import load_settings
 

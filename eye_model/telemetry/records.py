@@ -15,9 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from eye_model.config import CLASS_NAMES, PROB_COLUMNS
+from eye_model.config import CLASS_NAMES
 from eye_model.settings import Settings
 
 request_logger = logging.getLogger("eye_model.requests")
@@ -106,15 +104,15 @@ def build_records(
         }
         if image_ids is not None:  # a missing id stays missing (None), not "None"
             record["image_id"] = None if image_ids[i] is None else str(image_ids[i])
-        error = row.output_error
-        if error is None:
-            probs = row.probabilities
-            top = int(np.argmax(probs))
-            record.update(status="ok", error=None, predicted_class=CLASS_NAMES[top])
-            record["confidence"] = _round(probs[top])
-            record.update({c: _round(p) for c, p in zip(PROB_COLUMNS, probs, strict=True)})
+        # The one projection of a scored row (ScoredImage.output_fields), rounded for the log.
+        fields = row.output_fields(CLASS_NAMES)
+        if fields["error"] is None:
+            record["status"] = "ok"
+            record.update({k: _round(v) if isinstance(v, float) else v for k, v in fields.items()})
         else:
-            record.update(status="error", error=error, predicted_class=None, confidence=None)
+            record.update(
+                status="error", error=fields["error"], predicted_class=None, confidence=None
+            )
         if row.image is not None:
             record.update(
                 {

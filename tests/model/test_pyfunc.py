@@ -62,8 +62,8 @@ def test_aligned_batches_reach_the_network_without_a_copy(
     model: mlflow.pyfunc.PyFuncModel,
 ) -> None:
     """Aligned batches are shared with TensorFlow; any other array is copied, same result."""
+    from eye_model.inference import TENSOR_ALIGNMENT, aligned_stack
     from eye_model.preprocess import decode_image
-    from eye_model.pyfunc import TENSOR_ALIGNMENT, aligned_stack
 
     runner = model.unwrap_python_model().runner
     pixels = [decode_image(v, TINY_IMAGE_SIZE).pixels for v in _images(5)]
