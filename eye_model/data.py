@@ -228,7 +228,7 @@ def load_dataset(
     labels = np.array([CLASS_NAMES.index(files["label"].iat[i]) for i in keep])
     sources = [files["path"].iat[i] for i in keep]
     stats = pd.DataFrame([img.stats for img in images], columns=list(IMAGE_STAT_NAMES))
-    pixels = np.stack([img.pixels for img in images])
+    pixels = np.stack([img.require_pixels() for img in images])
     splits = stratified_split(labels, seed=seed)
 
     def subset(index: np.ndarray) -> ImageSet:

@@ -85,11 +85,15 @@ class FundusImage:
     byte_size: int
     stats: dict[str, float] = field(default_factory=dict)
 
+    def require_pixels(self) -> np.ndarray:
+        """The decoded pixels; an error once they were released after scoring."""
+        if self.pixels is None:
+            raise ValueError("the pixels of this image were released after scoring")
+        return self.pixels
+
     def add_pixel_stats(self) -> None:
         """Compute :func:`compute_image_stats` from the pixels, ahead of the header's stats."""
-        if self.pixels is None:
-            raise ValueError("the pixels were released; compute statistics before scoring")
-        self.stats = {**compute_image_stats(self.pixels), **self.stats}
+        self.stats = {**compute_image_stats(self.require_pixels()), **self.stats}
 
     def metadata(self) -> dict[str, object]:
         """Return the image metadata that may be logged: no pixels, no bytes, no names."""

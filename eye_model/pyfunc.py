@@ -111,9 +111,9 @@ def _prob_columns(class_names: Sequence[str]) -> list[str]:
 
 def _pixels_of(row: ScoredImage) -> np.ndarray:
     """The decoded pixels of a row that is about to be scored."""
-    if row.image is None or row.image.pixels is None:
-        raise ValueError(f"row {row.index} has no decoded pixels")
-    return row.image.pixels
+    if row.image is None:
+        raise ValueError(f"row {row.index} was not decoded")
+    return row.image.require_pixels()
 
 
 def _decode_row(
