@@ -224,7 +224,8 @@ def test_names_with_quotes_and_symbols_work(versions: dict[str, str], name: str)
 def test_debug_shows_the_traceback(versions: dict[str, str]) -> None:
     plain = _cli("promote", "--model-name", NAME, "--version", "1", "--stage", "Staging")
     assert plain.returncode == 0, plain.stderr
-    bad_server = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{find_free_port()}"}
+    dead = f"http://127.0.0.1:{find_free_port()}"
+    bad_server = {**os.environ, "MLFLOW_TRACKING_URI": dead, "MLFLOW_REGISTRY_URI": dead}
     args = ["promote", "--model-name", NAME, "--version", "1", "--stage", "Staging"]
     command = [str(Path(sys.executable).parent / "eye-model")]
     quiet = subprocess.run(
