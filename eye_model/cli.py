@@ -70,9 +70,14 @@ def main(ctx: click.Context, debug: bool) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     # Every setting is read once here: a bad value stops any command with one clear line.
     try:
-        ctx.obj = load_settings()
+        ctx.obj = settings = load_settings()
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
+    # The README's defaults are the commands' defaults: without MLFLOW_TRACKING_URI MLflow
+    # would write to a stray ./mlflow.db and runs would land in the Default experiment.
+    os.environ.setdefault("MLFLOW_TRACKING_URI", settings.tracking_uri)
+    if not os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", settings.experiment_name)
 
 
 def _training_options(function):
@@ -618,7 +623,14 @@ def restore(
     help="local: the executors have eye-model installed; virtualenv: MLflow rebuilds the "
     "model's environment on each executor.",
 )
-@click.option("--overwrite", is_flag=True, help="Replace the output when it exists.")
+@click.option(
+    "--overwrite",
+    type=BOOL,
+    default=False,
+    is_flag=False,
+    flag_value=True,
+    help="Replace the output when it exists (--overwrite, or --overwrite true/false).",
+)
 @click.option(
     "--records-per-batch", type=int, default=256, help="Images per Arrow batch (per predict call)."
 )

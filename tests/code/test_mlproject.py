@@ -101,19 +101,31 @@ def test_entry_points_of_the_contract_exist() -> None:
         "register_as",
     }
     assert ENTRY_POINTS["main"] == ENTRY_POINTS["train"]
-    assert set(ENTRY_POINTS["batch_score"]["parameters"]) == {
+    assert set(ENTRY_POINTS["batch_score"]["parameters"]) >= {
         "input",
         "output",
         "model_uri",
         "master",
     }
-    assert set(ENTRY_POINTS["drift"]["parameters"]) == {
+    assert set(ENTRY_POINTS["drift"]["parameters"]) >= {
         "model_uri",
         "window",
         "since",
         "fail_on_drift",
         "alert_url",
     }
+    assert {"model_name", "version", "stage", "force", "eval_data_dir"} <= set(
+        ENTRY_POINTS["promote"]["parameters"]
+    )
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+def test_every_cli_option_is_an_mlproject_parameter(entry: str) -> None:
+    """A user of `mlflow run` can set everything a user of the CLI can."""
+    command = _command_of(entry)
+    options = {p.name for p in command.params if isinstance(p, click.Option)} - {"help"}
+    missing = options - set(ENTRY_POINTS[entry].get("parameters", {}))
+    assert not missing, f"{entry}: CLI options without an MLproject parameter: {sorted(missing)}"
 
 
 def test_cli_defaults_match_mlproject_defaults() -> None:

@@ -19,15 +19,23 @@ def _pyproject() -> dict[str, object]:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
+def _runtime_with_spark() -> list[str]:
+    """What every entry point needs: the dependencies and the ``spark`` extra (batch_score)."""
+    project = _pyproject()["project"]
+    return sorted(
+        map(_normalise, [*project["dependencies"], *project["optional-dependencies"]["spark"]])
+    )
+
+
 def test_python_env_matches_pyproject() -> None:
-    runtime = sorted(map(_normalise, _pyproject()["project"]["dependencies"]))
+    runtime = _runtime_with_spark()
     python_env = yaml.safe_load((ROOT / "python_env.yaml").read_text())
     assert sorted(map(_normalise, python_env["dependencies"])) == runtime
     assert str(python_env["python"]) == "3.11"
 
 
 def test_conda_env_matches_pyproject() -> None:
-    runtime = sorted(map(_normalise, _pyproject()["project"]["dependencies"]))
+    runtime = _runtime_with_spark()
     conda = yaml.safe_load((ROOT / "conda.yaml").read_text())
     pip_block = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
     assert sorted(map(_normalise, pip_block)) == runtime
