@@ -78,6 +78,10 @@ def main(ctx: click.Context, debug: bool) -> None:
     os.environ.setdefault("MLFLOW_TRACKING_URI", settings.tracking_uri)
     if not os.environ.get("MLFLOW_EXPERIMENT_ID"):
         os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", settings.experiment_name)
+    if settings.mlflow_run_id and ctx.invoked_subcommand:
+        from eye_model.runs import tag_entry_point_run
+
+        tag_entry_point_run(settings.tracking_uri, settings.mlflow_run_id, ctx.invoked_subcommand)
 
 
 def _training_options(function):
@@ -357,8 +361,17 @@ def probe(url: str, interval: float, count: int, timeout: float) -> None:
     """Health-check a model server (/ping, /health, /version) and track it (role=probe)."""
     from eye_model.telemetry import run_probe
 
+    settings = click.get_current_context().find_root().obj
     try:
-        results = run_probe(url, interval=interval, count=count, timeout=timeout)
+        # Under `mlflow run` the checks go into the run it opened: one probe, one run.
+        results = run_probe(
+            url,
+            interval=interval,
+            count=count,
+            timeout=timeout,
+            settings=settings,
+            run_id=settings.mlflow_run_id,
+        )
     except KeyboardInterrupt:
         return
     failed = sum(not r.ok for r in results)

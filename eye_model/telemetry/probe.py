@@ -61,6 +61,7 @@ def run_probe(
     timeout: float = 5.0,
     tracking_uri: str = "",
     experiment_name: str = "",
+    run_id: str = "",
     settings: Settings | None = None,
 ) -> list[ProbeResult]:
     """Probe a model server every ``interval`` seconds and track it in a run tagged ``role=probe``.
@@ -77,6 +78,8 @@ def run_probe(
         tracking_uri: where the run goes (default: the settings' ``MLFLOW_TRACKING_URI``).
         experiment_name: experiment of the run (default: ``MLFLOW_EXPERIMENT_NAME``).
         settings: where the defaults come from (default: read from the environment).
+        run_id: log into this existing run (the one ``mlflow run`` opened) instead of a new
+            run; it is tagged and left for its owner to end.
 
     Returns:
         The results of every check.
@@ -90,7 +93,9 @@ def run_probe(
         experiment_name = experiment_name or settings.experiment_name
     client = MlflowClient(tracking_uri=tracking_uri)
     name = experiment_name
-    run_id: str | None = None
+    own_run = not run_id
+    if run_id:
+        client.set_tag(run_id, "target_url", redact_uri(url))
     results: list[ProbeResult] = []
     failures = 0
     pending: list[Metric] = []
@@ -112,7 +117,7 @@ def run_probe(
             pending += [Metric(k, v, stamp, result.count) for k, v in values.items()]
             logger.info("probe %d of %s: %s", result.count, url, json.dumps(result.__dict__))
             try:
-                if run_id is None:
+                if not run_id:
                     experiment = client.get_experiment_by_name(name)
                     experiment_id = (
                         experiment.experiment_id if experiment else client.create_experiment(name)
@@ -133,9 +138,10 @@ def run_probe(
                     "probe could not log to the tracking server (%s); will retry", short_error(exc)
                 )
     finally:
-        if run_id is not None:
+        if run_id:
             with contextlib.suppress(Exception):
                 if pending:
                     client.log_batch(run_id, metrics=pending)
-                client.set_terminated(run_id, "FINISHED")
+                if own_run:
+                    client.set_terminated(run_id, "FINISHED")
     return results

@@ -31,7 +31,7 @@ def test_python_env_matches_pyproject() -> None:
     runtime = _runtime_with_spark()
     python_env = yaml.safe_load((ROOT / "python_env.yaml").read_text())
     assert sorted(map(_normalise, python_env["dependencies"])) == runtime
-    assert str(python_env["python"]) == "3.11"
+    assert str(python_env["python"]).startswith("3.11.")
 
 
 def test_conda_env_matches_pyproject() -> None:
