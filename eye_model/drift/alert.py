@@ -17,7 +17,7 @@ from eye_model.uris import redact_uri
 
 logger = logging.getLogger(__name__)
 
-#: File under ``EYE_MODEL_HOME`` remembering when each alert was last sent.
+#: File under ``Settings.home`` remembering when each alert was last sent.
 ALERT_STATE_NAME = "drift_alerts.json"
 
 
@@ -38,8 +38,9 @@ def build_alert_payload(
 
     Returns:
         ``event``, ``model_uri``, ``feature``, ``statistic``, ``p_corrected``, ``effect``,
-        ``threshold``, ``drift_detected``, ``drift_test_detected``, ``drift_share``,
-        ``flagged``, ``heuristics``, ``n``, ``run_id`` and ``run_url``; None without alarm.
+        ``threshold``, the report's summary (``status``, ``drift_detected``,
+        ``drift_test_detected``, ``drift_share``, ``flagged``, ``heuristics``, ``n``,
+        ``estimated_accuracy``), ``run_id`` and ``run_url``; None without alarm.
     """
     if not report.alarm:
         return None
@@ -67,12 +68,7 @@ def build_alert_payload(
         "event": "drift_detected",
         "model_uri": model_uri,
         **body,
-        "drift_detected": report.drift_detected,
-        "drift_test_detected": report.drift_test_detected,
-        "drift_share": report.drift_share,
-        "flagged": [f"{f.family}.{f.feature}" for f in report.flagged_features],
-        "heuristics": [h.name for h in report.flagged_heuristics],
-        "n": report.n_window,
+        **report.summary(),
         "run_id": run_id,
         "run_url": run_url,
     }

@@ -1,9 +1,10 @@
 """The brief's four drift heuristics and the recent-window metrics of every run that logs them.
 
-Serving runs (telemetry, last ``EYE_MODEL_WINDOW_SIZE`` predictions) and drift runs (the
-drift job's window) both log the metric names below; this module is the one place that
-computes them, with one copy of each threshold, so a name has one unit and one meaning
-wherever it appears:
+Serving runs (telemetry, last ``Settings.window_size`` predictions) and drift runs (the
+drift job's window) both log the metric names below, and a name has one unit and one
+meaning wherever it appears. :func:`compute_heuristics` holds the one copy of each
+threshold (both sides call it); :func:`compute_recent_metrics` turns its result into the
+metrics (drift runs use it; serving runs can, instead of their own arithmetic):
 
 - ``recent_avg_confidence``: mean confidence of the scored predictions, **0-100**
   (like ``prediction_confidence`` and ``session_avg_confidence``);
@@ -14,8 +15,7 @@ wherever it appears:
 - ``recent_<heuristic>``: 0/1 per heuristic;
 - ``error_count`` and ``error_rate`` (0-1): failed predictions in the window.
 
-Nothing here imports the rest of the drift package: telemetry imports it in the scoring
-server without pulling in the statistical tests.
+This module imports nothing else of the drift package (and nothing of telemetry).
 """
 
 from __future__ import annotations

@@ -135,19 +135,7 @@ class DriftJobResult:
 
     def summary(self) -> dict[str, Any]:
         """The one-line JSON summary the ``eye-model drift`` command prints."""
-        report = self.report
-        return {
-            "run_id": self.run_id,
-            "status": report.status,
-            "drift_detected": report.drift_detected,
-            "drift_test_detected": report.drift_test_detected,
-            "drift_share": report.drift_share,
-            "flagged": [f"{f.family}.{f.feature}" for f in report.flagged_features],
-            "heuristics": [h.name for h in report.flagged_heuristics],
-            "n": report.n_window,
-            "estimated_accuracy": report.estimate.estimated_accuracy if report.estimate else None,
-            "alerted": self.alerted,
-        }
+        return {"run_id": self.run_id, **self.report.summary(), "alerted": self.alerted}
 
 
 def run_drift_job(

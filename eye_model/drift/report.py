@@ -101,6 +101,25 @@ class DriftReport:
         """Heuristics past their threshold."""
         return tuple(result for result in self.heuristics if result.flag)
 
+    def summary(self) -> dict[str, Any]:
+        """The verdicts in a few JSON-ready fields (the CLI's output line and alerts use them).
+
+        Returns:
+            ``status``, ``drift_detected``, ``drift_test_detected``, ``drift_share``,
+            ``flagged`` (``family.feature``), ``heuristics`` (names that fired), ``n``
+            (window records) and ``estimated_accuracy`` (0-1, None without an estimate).
+        """
+        return {
+            "status": self.status,
+            "drift_detected": self.drift_detected,
+            "drift_test_detected": self.drift_test_detected,
+            "drift_share": self.drift_share,
+            "flagged": [f"{f.family}.{f.feature}" for f in self.flagged_features],
+            "heuristics": [h.name for h in self.flagged_heuristics],
+            "n": self.n_window,
+            "estimated_accuracy": self.estimate.estimated_accuracy if self.estimate else None,
+        }
+
     def metrics(self) -> dict[str, float]:
         """MLflow metrics of the report (non-finite values are left out).
 
@@ -163,8 +182,9 @@ class DriftReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dictionary of the report (``schema_version`` first; NaN/inf become None)."""
         body = asdict(self)
-        body["flagged_features"] = [f"{r.family}.{r.feature}" for r in self.flagged_features]
-        body["flagged_heuristics"] = [h.name for h in self.flagged_heuristics]
+        summary = self.summary()
+        body["flagged_features"] = summary["flagged"]
+        body["flagged_heuristics"] = summary["heuristics"]
         return to_json_safe({"schema_version": SCHEMA_VERSION, **body})
 
     def write_json(self, path: str | Path) -> Path:

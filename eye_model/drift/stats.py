@@ -307,7 +307,17 @@ def correct_holm(p_values: Sequence[float]) -> np.ndarray:
 def run_tests(
     reference: RecordArrays, window: RecordArrays, config: DriftConfig, notes: list[str]
 ) -> list[tuple[str, str, Comparison]]:
-    """Run every configured test whose columns both sides have: (family, feature, outcome)."""
+    """Run every configured test whose columns both sides have.
+
+    Args:
+        reference: arrays of the reference profile.
+        window: arrays of the window.
+        config: families, features and budgets to test.
+        notes: receives one remark per feature left untested (and why).
+
+    Returns:
+        (family, feature, comparison) per test run, before corrections.
+    """
     results: list[tuple[str, str, Comparison]] = []
     margin_z = config.effect_margin_z
     if "prediction" in config.families:
@@ -361,7 +371,15 @@ def run_tests(
 def correct_and_flag(
     tests: list[tuple[str, str, Comparison]], config: DriftConfig
 ) -> tuple[FeatureResult, ...]:
-    """Holm within each family, Bonferroni across the families tested, then flag."""
+    """Holm within each family, Bonferroni across the families tested, then flag.
+
+    Args:
+        tests: the result of :func:`run_tests`.
+        config: ``alpha`` and ``effect_floor``.
+
+    Returns:
+        One result per test, in the order of ``tests``.
+    """
     families = [family for family in FAMILIES if any(test[0] == family for test in tests)]
     corrected: dict[int, float] = {}
     for family in families:
