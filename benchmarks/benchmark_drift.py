@@ -34,9 +34,9 @@ from eye_model.drift import (
     DriftConfig,
     compute_drift,
     select_window,
-    simulate_records,
     write_html_report,
 )
+from eye_model.drift.validation import simulate_records
 
 _STATUS_FILE = Path("/proc/self/status")
 _CLEAR_REFS_FILE = Path("/proc/self/clear_refs")
@@ -124,7 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(f"  peak memory increase: {increase:.0f} MiB ({how}; peak RSS {peak:.0f} MiB)")
     print(
-        f"  status={report.status} drift_detected={report.drift_detected} "
+        f"  status={report.status} drift_test_detected={report.drift_test_detected} "
+        f"drift_detected={report.drift_detected} "
         f"n_errors={report.n_errors} flagged={[r.feature for r in report.flagged_features]}"
     )
     if args.html is not None:

@@ -303,8 +303,8 @@ def score(images: tuple[str, ...], url: str, timeout: float) -> None:
 )
 @click.option("--window", type=int, default=1000, help="The last N records; 0: all.")
 @click.option("--since", default="", help="Only records from this time (epoch s or ISO 8601).")
-@click.option("--fail-on-drift", type=BOOL, default=False, help="Exit 1 when drift is detected.")
-@click.option("--alert-url", default="", help="POST a JSON alert here on drift (cooldown 1 h).")
+@click.option("--fail-on-drift", type=BOOL, default=False, help="Exit 1 on a drift alarm.")
+@click.option("--alert-url", default="", help="POST a JSON alert on drift alarm (cooldown 1 h).")
 @click.option("--records", default="", help="Folder of inference-log parts instead of MLflow.")
 @click.option("--labels", default="", help="CSV (request_id,row,label): true accuracy.")
 def drift(
@@ -317,11 +317,13 @@ def drift(
     labels: str,
 ) -> None:
     """Compare recent predictions with the training reference; log a drift run and report."""
-    from eye_model.monitoring import run_drift_job
+    from eye_model.drift import run_drift_job
+    from eye_model.settings import load_settings
 
     try:
         result = run_drift_job(
             model_uri,
+            settings=load_settings(),
             window=window,
             since=since,
             fail_on_drift=fail_on_drift,
@@ -331,24 +333,7 @@ def drift(
         )
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
-    report = result.report
-    click.echo(
-        json.dumps(
-            {
-                "run_id": result.run_id,
-                "status": report.status,
-                "drift_detected": report.drift_detected,
-                "drift_share": report.drift_share,
-                "flagged": [f"{f.family}.{f.feature}" for f in report.flagged_features],
-                "heuristics": [h.name for h in report.flagged_heuristics],
-                "n": report.n_window,
-                "estimated_accuracy": report.estimate.estimated_accuracy
-                if report.estimate
-                else None,
-                "alerted": result.alerted,
-            }
-        )
-    )
+    click.echo(json.dumps(result.summary()))
     sys.exit(result.exit_code)
 
 

@@ -1,6 +1,6 @@
 """Validate the drift monitor: planted drifts found at n = 500, no false alarms on resamples.
 
-Runs ``eye_model.validation.run_validation`` on a model folder or URI and prints the
+Runs ``eye_model.drift.validation.run_validation`` on a model folder or URI and prints the
 detection rate of each planted drift (by the family expected) and the false-alarm rate of
 no-drift windows at each size. Goals (issue 6): detection >= 90 % of trials, false alarms
 <= 2 % of trials.
@@ -33,7 +33,7 @@ def main() -> int:
     parser.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
     args = parser.parse_args()
 
-    from eye_model.validation import run_validation
+    from eye_model.drift.validation import run_validation
 
     model = args.model
     if "://" in model or model.startswith(("models:", "runs:")):

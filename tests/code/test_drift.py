@@ -1,7 +1,9 @@
-"""Tests of the drift core (eye_model.drift): tests, corrections, heuristics, estimate, reports."""
+"""Tests of the drift core (eye_model.drift): tests, corrections, heuristics, estimate, reports,
+and the units and meanings of the metric names drift runs share with serving runs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable
@@ -20,12 +22,15 @@ from eye_model.drift import (
     DriftReport,
     compare_embeddings,
     compute_drift,
+    compute_heuristics,
+    compute_recent_metrics,
     correct_holm,
     estimate_performance,
     select_window,
-    simulate_records,
     write_html_report,
 )
+from eye_model.drift.alert import build_alert_payload
+from eye_model.drift.validation import simulate_records
 
 #: Cheaper MMD settings for tests that run many windows.
 FAST_CONFIG = DriftConfig(n_permutations=200, mmd_max_samples=300)
@@ -54,7 +59,9 @@ def test_no_drift_resample_is_quiet(reference: pd.DataFrame) -> None:
     window = simulate_records(1_000, seed=2)
     report = compute_drift(reference, window)
     assert report.status == "ok"
-    assert not report.drift_detected
+    assert not report.drift_test_detected
+    assert not report.drift_detected  # no heuristic fired either
+    assert not report.alarm
     assert report.drift_share == 0.0
     assert len(report.features) == 1 + 6 + 6 + 1  # prediction, output, image, embedding
     assert {result.family for result in report.features} == {
@@ -70,7 +77,7 @@ def test_brightness_shift_flags_image_brightness(reference: pd.DataFrame) -> Non
     window = simulate_records(500, seed=3, brightness_scale=0.7)
     report = compute_drift(reference, window)
     assert report.status == "drift"
-    assert report.drift_detected
+    assert report.drift_test_detected
     assert ("image", "img_brightness") in flagged_of(report)
     assert {family for family, _ in flagged_of(report)} == {"image"}
     brightness = next(r for r in report.features if r.feature == "img_brightness")
@@ -112,7 +119,7 @@ def test_tiny_shift_on_huge_window_is_significant_but_not_flagged() -> None:
     assert brightness.p_corrected < config.alpha
     assert brightness.effect == pytest.approx(0.05, abs=0.015)
     assert not brightness.flag
-    assert not report.drift_detected
+    assert not report.drift_test_detected
 
     # The same window with a shift above the floor is flagged: the floor, not the test, decided.
     window["img_brightness"] += 0.25 * sd
@@ -125,11 +132,12 @@ def test_small_window_is_insufficient_data(reference: pd.DataFrame) -> None:
     window["confidence"] = 0.3  # would trip two heuristics on a larger window
     report = compute_drift(reference, window)
     assert report.status == "insufficient_data"
-    assert not report.drift_detected
+    assert not report.drift_detected and not report.drift_test_detected
     assert report.features == ()
     assert not report.flagged_heuristics
     metrics = report.metrics()
     assert metrics["drift_detected"] == 0.0
+    assert metrics["drift_test_detected"] == 0.0
     assert metrics["insufficient_data"] == 1.0
     assert report.estimate is not None and not report.estimate.reliable
 
@@ -161,7 +169,7 @@ def test_false_alarms_on_no_drift_resamples_are_rare() -> None:
     for trial in range(50):
         window = pool.iloc[np.sort(rng.choice(len(pool), size=1_000, replace=False))]
         config = DriftConfig(n_permutations=200, mmd_max_samples=200, seed=trial)
-        alarms += compute_drift(reference, window, config).drift_detected
+        alarms += compute_drift(reference, window, config).drift_test_detected
     assert alarms <= 2
 
 
@@ -229,20 +237,101 @@ def test_heuristic_triggers_on_crafted_window(
     mutate(window)
     report = compute_drift(reference, window, FAST_CONFIG)
     assert {h.name for h in report.flagged_heuristics} == expected
+    assert report.drift_detected and report.alarm
     metrics = report.metrics()
+    assert metrics["drift_detected"] == 1.0  # the brief's meaning: a heuristic fired
     for name in expected:
         assert metrics[f"heuristic.{name}"] == 1.0
+        assert metrics[f"recent_{name}"] == 1.0
 
 
 def test_heuristics_stay_quiet_on_normal_window(reference: pd.DataFrame) -> None:
     report = compute_drift(reference, simulate_records(400, seed=16), FAST_CONFIG)
     assert report.flagged_heuristics == ()
     values = {h.name: h.value for h in report.heuristics}
-    assert values["low_mean_confidence"] == pytest.approx(report.recent_avg_confidence)
-    assert 0.75 < report.recent_avg_confidence < 0.95
+    # The heuristic compares confidence 0-1 with 0.60; the metric is 0-100 as in serving runs.
+    assert values["low_mean_confidence"] == pytest.approx(report.recent_avg_confidence / 100)
+    assert 75.0 < report.recent_avg_confidence < 95.0
     assert values["high_low_confidence_ratio"] == pytest.approx(report.recent_low_confidence_ratio)
     assert 50.0 < values["slow_inference"] < 500.0
     assert values["class_dominance"] < 0.35
+
+
+# --- one unit and one meaning per metric name --------------------------------------------
+
+
+def test_recent_metrics_have_the_units_of_serving_runs(reference: pd.DataFrame) -> None:
+    window = simulate_records(500, seed=26, error_rate=0.1)
+    report = compute_drift(reference, window, FAST_CONFIG)
+    metrics = report.metrics()
+    scored = window[window["status"] == "ok"]
+    # 0-100, like prediction_confidence and session_avg_confidence (was 0-1 in drift runs).
+    assert metrics["recent_avg_confidence"] == pytest.approx(100 * scored["confidence"].mean())
+    assert metrics["recent_avg_confidence"] > 1.0
+    assert report.recent_avg_confidence == pytest.approx(metrics["recent_avg_confidence"])
+    # A share 0-1 of the scored predictions below 70 %.
+    expected_ratio = float((scored["confidence"] < 0.70).mean())
+    assert metrics["recent_low_confidence_ratio"] == pytest.approx(expected_ratio)
+    assert metrics["recent_avg_inference_time_ms"] == pytest.approx(window["inference_ms"].mean())
+    n_errors = int((window["status"] == "error").sum())
+    assert metrics["error_count"] == n_errors
+    assert metrics["error_rate"] == pytest.approx(n_errors / len(window))
+
+
+def test_drift_detected_is_the_heuristics_verdict_not_the_tests() -> None:
+    """drift_detected: a heuristic fired (as in serving runs); drift_test_detected: a test."""
+    reference = simulate_records(2_000, seed=1, as_reference=True)
+    slow = simulate_records(400, seed=27)
+    slow["inference_ms"] = 6_000.0  # a heuristic fires; no statistical test looks at time
+    report = compute_drift(reference, slow, FAST_CONFIG)
+    assert report.status == "ok"
+    assert not report.drift_test_detected
+    assert report.drift_detected
+    assert report.alarm  # fail_on_drift and alerts act on either verdict
+    metrics = report.metrics()
+    assert metrics["drift_detected"] == 1.0
+    assert metrics["drift_test_detected"] == 0.0
+
+    dark = simulate_records(400, seed=28, brightness_scale=0.7)
+    report = compute_drift(reference, dark, FAST_CONFIG)
+    assert report.drift_test_detected and not report.flagged_heuristics
+    metrics = report.metrics()
+    assert metrics["drift_detected"] == 0.0
+    assert metrics["drift_test_detected"] == 1.0
+
+
+def test_recent_metrics_of_a_serving_window_match_the_heuristics() -> None:
+    """The function serving runs and drift runs share gives 0-100 and flags from one place."""
+    confidence = np.array([0.95, 0.9, 0.5, 0.55])
+    codes = np.array([3, 3, 3, 3])
+    times = np.array([100.0, 120.0, 80.0, 100.0, 90.0])  # one failed request: 5 records
+    heuristics = compute_heuristics(confidence, codes, times, DriftConfig())
+    metrics = compute_recent_metrics(heuristics, n_records=5, n_errors=1)
+    assert metrics["recent_avg_confidence"] == pytest.approx(72.5)
+    assert metrics["recent_low_confidence_ratio"] == pytest.approx(0.5)
+    assert metrics["recent_avg_inference_time_ms"] == pytest.approx(98.0)
+    assert metrics["recent_high_low_confidence_ratio"] == 1.0
+    assert metrics["recent_class_dominance"] == 1.0
+    assert metrics["recent_low_mean_confidence"] == 0.0
+    assert metrics["drift_detected"] == 1.0
+    assert metrics["error_rate"] == pytest.approx(0.2)
+    assert compute_heuristics(confidence, codes, times) == heuristics  # the brief's thresholds
+
+
+def test_alert_payload_names_a_heuristic_when_no_test_fired() -> None:
+    reference = simulate_records(2_000, seed=1, as_reference=True)
+    slow = simulate_records(400, seed=29)
+    slow["inference_ms"] = 6_000.0
+    report = compute_drift(reference, slow, FAST_CONFIG)
+    payload = build_alert_payload(report, model_uri="models:/m/1", run_id="r", run_url="u")
+    assert payload is not None
+    assert payload["feature"] == "heuristic.slow_inference"
+    assert payload["statistic"] == pytest.approx(6_000.0)
+    assert payload["threshold"] == {"slow_inference": 5_000.0}
+    assert payload["drift_detected"] is True and payload["drift_test_detected"] is False
+    assert payload["heuristics"] == ["slow_inference"]
+    quiet = compute_drift(reference, simulate_records(400, seed=30), FAST_CONFIG)
+    assert build_alert_payload(quiet, model_uri="m", run_id="r", run_url="u") is None
 
 
 # --- label-free performance estimate ----------------------------------------------------
@@ -304,12 +393,15 @@ def test_metrics_have_contract_names(reference: pd.DataFrame) -> None:
     metrics = report.metrics()
     for name in (
         "drift_detected",
+        "drift_test_detected",
         "recent_avg_confidence",
         "recent_low_confidence_ratio",
+        "recent_avg_inference_time_ms",
         "drift_share",
         "estimated_accuracy",
         "estimated_macro_f1",
         "error_rate",
+        "error_count",
         "n_window",
         "drift.image.img_brightness.p",
         "drift.output.confidence.effect",
@@ -319,7 +411,6 @@ def test_metrics_have_contract_names(reference: pd.DataFrame) -> None:
     ):
         assert name in metrics, name
     assert all(isinstance(value, float) and math.isfinite(value) for value in metrics.values())
-    assert 0.0 <= metrics["recent_avg_confidence"] <= 1.0
 
 
 def test_json_has_schema_version_and_no_nan(reference: pd.DataFrame, tmp_path: Path) -> None:
@@ -337,7 +428,7 @@ def test_json_has_schema_version_and_no_nan(reference: pd.DataFrame, tmp_path: P
         raise AssertionError(f"non-JSON constant {constant}")
 
     body = json.loads(text, parse_constant=reject)
-    assert body["schema_version"] == SCHEMA_VERSION == 1
+    assert body["schema_version"] == SCHEMA_VERSION == 2
     assert body["status"] == "insufficient_data"
     assert body["recent_avg_confidence"] is None
     assert body["estimate"] is None
@@ -346,6 +437,9 @@ def test_json_has_schema_version_and_no_nan(reference: pd.DataFrame, tmp_path: P
     drifted = compute_drift(reference, simulate_records(500, seed=21, brightness_scale=1.3))
     body = json.loads(json.dumps(drifted.to_dict(), allow_nan=False))
     assert "image.img_brightness" in body["flagged_features"]
+    assert body["drift_test_detected"] is True
+    assert body["drift_detected"] is False  # no heuristic fired
+    assert 75.0 < body["recent_avg_confidence"] <= 100.0
     assert body["config"]["alpha"] == 0.05
 
 
@@ -359,6 +453,16 @@ def test_html_report_is_written_with_plots(reference: pd.DataFrame, tmp_path: Pa
     assert "data:image/png;base64," in text
     assert "img_brightness" in text and "low_mean_confidence" in text
     assert "class='flag'" in text
+    assert "Status: drift" in text
+
+
+def test_html_report_escapes_text(reference: pd.DataFrame, tmp_path: Path) -> None:
+    window = simulate_records(300, seed=31)
+    report = compute_drift(reference, window, FAST_CONFIG)
+    hostile = dataclasses.replace(report, notes=("<script>alert('x')</script>",))
+    text = write_html_report(hostile, reference, window, tmp_path / "r.html").read_text()
+    assert "<script>" not in text
+    assert "&lt;script&gt;" in text
 
 
 # --- window selection and input checks --------------------------------------------------

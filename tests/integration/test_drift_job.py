@@ -1,8 +1,9 @@
 """The drift entry point: window from MLflow or a folder, the drift run and its reports,
-insufficient data, alerts with a cooldown, and the exit code."""
+insufficient data, alerts with a cooldown, the exit code, and the job's MLflow client."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -20,10 +21,11 @@ import pytest
 from mlflow import MlflowClient
 from PIL import ImageEnhance
 
-from eye_model.monitoring import parse_since, run_drift_job
+from eye_model.drift import parse_since, run_drift_job
+from eye_model.drift.validation import load_classifier, render_pool, score_images
 from eye_model.pyfunc import ModelConfig, log_model
+from eye_model.settings import load_settings
 from eye_model.stack import find_free_port
-from eye_model.validation import load_classifier, render_pool, score_images
 from tests.conftest import TrainedModel
 
 pytestmark = pytest.mark.slow
@@ -69,9 +71,16 @@ def test_drift_run_from_a_local_folder(
     assert run.data.params["n"] == "240"
     assert run.data.params["window_start"]
     metrics = run.data.metrics
-    assert metrics["drift_detected"] == 1
-    for key in ("recent_avg_confidence", "recent_low_confidence_ratio", "drift_share"):
-        assert key in metrics
+    assert metrics["drift_test_detected"] == 1  # a statistical test fired
+    # drift_detected keeps the meaning it has in serving runs: a heuristic fired.
+    assert metrics["drift_detected"] == float(bool(report.flagged_heuristics))
+    assert metrics["drift_detected"] == float(report.drift_detected)
+    # recent_avg_confidence is 0-100 in drift runs, as in serving runs.
+    confidence = scored["dark"]["confidence"]
+    assert metrics["recent_avg_confidence"] == pytest.approx(100 * confidence.mean())
+    assert metrics["recent_avg_confidence"] > 1.0
+    assert metrics["recent_low_confidence_ratio"] == pytest.approx((confidence < 0.7).mean())
+    assert "drift_share" in metrics
     assert "estimated_accuracy" in metrics
     assert "estimated_macro_f1" in metrics
     assert metrics["drift.image.img_brightness.flag"] == 1
@@ -80,7 +89,8 @@ def test_drift_run_from_a_local_folder(
     assert {"drift_report.json", "drift_report.html"} <= artifacts
     local = mlflow.artifacts.download_artifacts(run_id=result.run_id, dst_path=str(tmp_path / "a"))
     body = json.loads((Path(local) / "drift_report.json").read_text())
-    assert body["schema_version"] == 1
+    assert body["schema_version"] == 2
+    assert body["drift_test_detected"] is True
     html = (Path(local) / "drift_report.html").read_text()
     assert "<img" in html
     assert "img_brightness" in html
@@ -92,7 +102,7 @@ def test_no_drift_stays_quiet_and_small_windows_are_insufficient(
     folder = _write_parts(scored["clean"], tmp_path / "clean")
     quiet = run_drift_job(str(trained_model.model_dir), window=0, records_path=str(folder))
     assert quiet.report.status == "ok"
-    assert not quiet.report.drift_detected
+    assert not quiet.report.drift_test_detected
     estimate = quiet.report.estimate
     assert estimate.reliable
     low, high = estimate.estimated_accuracy_interval
@@ -102,7 +112,7 @@ def test_no_drift_stays_quiet_and_small_windows_are_insufficient(
     folder = _write_parts(recent, tmp_path / "recent")
     small = run_drift_job(str(trained_model.model_dir), window=50, records_path=str(folder))
     assert small.report.status == "insufficient_data"
-    assert not small.report.drift_detected
+    assert not small.report.alarm  # neither tests nor heuristics fire on too few records
     assert small.exit_code == 0
     assert small.report.n_window == 50
     assert small.report.window_end == pytest.approx(1.79e9 + 239)
@@ -131,7 +141,31 @@ def test_window_is_gathered_from_serving_runs(
     os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
     result = run_drift_job(f"runs:/{training.info.run_id}/model", window=0)
     assert result.report.n_window == 240
-    assert result.report.drift_detected
+    assert result.report.drift_test_detected
+
+
+def test_job_logs_through_its_settings_and_leaves_mlflow_globals_alone(
+    trained_model: TrainedModel, scored: dict[str, pd.DataFrame], tmp_path: Path
+) -> None:
+    """The tracking URI and experiment come from the Settings passed in, not from globals."""
+    folder = _write_parts(scored["clean"], tmp_path / "records")
+    elsewhere = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    settings = dataclasses.replace(
+        load_settings(), tracking_uri=elsewhere, experiment_name="drift-elsewhere"
+    )
+    before = mlflow.get_tracking_uri()
+    result = run_drift_job(
+        str(trained_model.model_dir), settings=settings, window=50, records_path=str(folder)
+    )
+    assert mlflow.get_tracking_uri() == before
+    assert "MLFLOW_EXPERIMENT_ID" not in os.environ
+    client = MlflowClient(elsewhere)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["role"] == "drift"
+    assert client.get_experiment(run.info.experiment_id).name == "drift-elsewhere"
+    assert run.data.params["n"] == "50"
+    assert "drift_detected" in run.data.metrics
 
 
 class _Receiver(BaseHTTPRequestHandler):
@@ -186,10 +220,12 @@ def test_alert_is_posted_once_per_cooldown_and_exit_code_signals_drift(
     first = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ)
     assert first.returncode == 1, first.stderr[-2000:]
     summary = json.loads(first.stdout.strip().splitlines()[-1])
-    assert summary["drift_detected"] is True
+    assert summary["drift_test_detected"] is True
     assert summary["alerted"] is True
     (alert,) = _Receiver.received
     assert alert["n"] == 240
+    assert alert["drift_test_detected"] is True
+    assert (Path(tmp_path) / "home" / "drift_alerts.json").is_file()  # state under EYE_MODEL_HOME
     assert {"statistic", "threshold", "run_url", "feature"} <= set(alert)
     assert summary["run_id"] in alert["run_url"]
     second = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ)

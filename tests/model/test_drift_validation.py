@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from eye_model.validation import SCENARIOS, run_validation
+from eye_model.drift.validation import SCENARIOS, run_validation
 from tests.conftest import TrainedModel
 
 pytestmark = pytest.mark.slow

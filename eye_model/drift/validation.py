@@ -1,11 +1,16 @@
 """Validation harness of the drift monitor: planted drifts must be found, no drift must stay quiet.
 
-Images are generated (``eye_model.synthetic``), altered the way real inputs drift
-(exposure, blur, compression, colour cast, case mix, images that are no fundus at
-all), scored by the real model through the same code as the scoring server, and
-turned into inference records exactly as the serving telemetry writes them. Each
-trial draws a window from such records and runs :func:`eye_model.drift.compute_drift`
-against a reference profile scored the same way from held-out, unaltered images.
+Two sources of test data live here, out of the monitor itself:
+
+- :func:`simulate_records`: synthetic inference records with calibrated probabilities and
+  planted shifts, for unit tests and the benchmark (no model needed);
+- :func:`run_validation`: the real model on generated images. Images are generated
+  (``eye_model.synthetic``), altered the way real inputs drift (exposure, blur,
+  compression, colour cast, case mix, images that are no fundus at all), scored by the
+  real model through the same code as the scoring server, and turned into inference
+  records exactly as the serving telemetry writes them. Each trial draws a window from
+  such records and runs :func:`eye_model.drift.compute_drift` against a reference
+  profile scored the same way from held-out, unaltered images.
 
 ``scripts/validate_drift.py`` runs the full version; the tests run a smaller one.
 """
@@ -13,16 +18,22 @@ against a reference profile scored the same way from held-out, unaltered images.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
-from eye_model.config import CLASS_NAMES
-from eye_model.drift import DriftConfig, compute_drift
+from eye_model.config import CLASS_NAMES, PROB_COLUMNS
+from eye_model.drift.compute import compute_drift
+from eye_model.drift.config import DriftConfig
+from eye_model.drift.report import DriftReport
+
+_N_CLASSES = len(CLASS_NAMES)
 
 #: Alteration of one image: (image, random generator) → altered image, or the file a camera
 #: would send (bytes), when the alteration is in the encoding itself.
@@ -109,7 +120,7 @@ def load_classifier(model_path: str | Path) -> object:
 
 
 def score_images(
-    model: object, images: list[Image.Image | bytes], labels: list[str], seed: int = 0
+    model: object, images: Sequence[Image.Image | bytes], labels: Sequence[str], seed: int = 0
 ) -> pd.DataFrame:
     """Score images with the classifier and return serving-format inference records (+ ``label``).
 
@@ -166,8 +177,8 @@ class ValidationResult:
         )
 
 
-def _flagged_families(report: object) -> set[str]:
-    return {f.family for f in report.flagged_features}  # type: ignore[attr-defined]
+def _flagged_families(report: DriftReport) -> set[str]:
+    return {f.family for f in report.flagged_features}
 
 
 def run_validation(
@@ -224,7 +235,7 @@ def run_validation(
             sample = clean.iloc[rng.choice(len(clean), size, replace=size > len(clean))]
             alarms += compute_drift(
                 reference, sample.drop(columns=["label"]), config
-            ).drift_detected
+            ).drift_test_detected
         false_alarms[size] = alarms / no_drift_trials
 
     detection, detection_any = {}, {}
@@ -260,3 +271,98 @@ def run_validation(
         detection[scenario.name] = hits / trials
         detection_any[scenario.name] = hits_any / trials
     return ValidationResult(detection, detection_any, false_alarms, trials, window)
+
+
+def simulate_records(
+    n_records: int,
+    *,
+    seed: int = 0,
+    class_prior: Sequence[float] | None = None,
+    brightness_scale: float = 1.0,
+    sharpness_scale: float = 1.0,
+    rgb_scale: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    embedding_shift: float = 0.0,
+    error_rate: float = 0.0,
+    as_reference: bool = False,
+    with_labels: bool = False,
+    start_time: float = 1_700_000_000.0,
+) -> pd.DataFrame:
+    """Synthetic records in the record schema, with calibrated probabilities.
+
+    Each row has a latent class (drawn from ``class_prior``) that drives the
+    logits, image statistics and embedding; labels (``with_labels``) are drawn
+    from the probabilities, so the probabilities are calibrated by construction.
+
+    Args:
+        n_records: rows to generate.
+        seed: random seed.
+        class_prior: latent class shares in ``CLASS_NAMES`` order (uniform when None).
+        brightness_scale: multiplies brightness and the RGB means (planted drift).
+        sharpness_scale: multiplies the sharpness (below 1 mimics blur).
+        rgb_scale: multiplies each RGB mean (colour cast).
+        embedding_shift: added to every embedding coordinate (in embedding sd).
+        error_rate: share of rows with status ``error`` (no prediction), records only.
+        as_reference: reference profile layout (no request/timing/status columns).
+        with_labels: add a ``label`` column drawn from the probabilities.
+        start_time: timestamp of the first record (epoch s).
+
+    Returns:
+        The DataFrame.
+    """
+    rng = np.random.default_rng(seed)
+    prior = (
+        np.full(_N_CLASSES, 1.0 / _N_CLASSES)
+        if class_prior is None
+        else np.asarray(class_prior, dtype=np.float64)
+    )
+    prior = prior / prior.sum()
+    latent = rng.choice(_N_CLASSES, size=n_records, p=prior)
+    logits = rng.normal(0.0, 1.0, size=(n_records, _N_CLASSES))
+    logits[np.arange(n_records), latent] += 3.5
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    predicted = probs.argmax(axis=1)
+    class_names = np.asarray(CLASS_NAMES, dtype=object)
+
+    brightness_mean = np.array([110.0, 85.0, 90.0, 95.0])[latent]
+    brightness = np.clip(rng.normal(brightness_mean, 15.0) * brightness_scale, 0.0, 255.0)
+    contrast = np.clip(rng.normal(np.array([35.0, 48.0, 45.0, 44.0])[latent], 8.0), 0.0, None)
+    sharpness = np.exp(rng.normal(np.array([3.5, 5.0, 4.6, 4.8])[latent], 0.6)) * sharpness_scale
+    colour = np.array([1.55, 0.85, 0.35]) * np.asarray(rgb_scale, dtype=np.float64)
+    frame: dict[str, Any] = {
+        "predicted_class": class_names[predicted],
+        "confidence": probs.max(axis=1),
+    }
+    for index, column in enumerate(PROB_COLUMNS):
+        frame[column] = probs[:, index]
+    frame["img_brightness"] = brightness
+    frame["img_contrast"] = contrast
+    frame["img_sharpness"] = sharpness
+    for index, column in enumerate(("img_mean_r", "img_mean_g", "img_mean_b")):
+        frame[column] = np.clip(
+            brightness * colour[index] + rng.normal(0.0, 5.0, n_records), 0, 255
+        )
+    sizes = np.array([512, 1024, 2048])
+    frame["img_width"] = sizes[rng.integers(0, sizes.size, n_records)]
+    frame["img_height"] = frame["img_width"]
+    centres = np.random.default_rng(12345).normal(0.0, 1.0, size=(_N_CLASSES, 8))
+    embedding = centres[latent] + rng.normal(0.0, 1.0, size=(n_records, 8)) + embedding_shift
+    for index in range(8):
+        frame[f"emb_{index}"] = embedding[:, index]
+    if with_labels:
+        cumulative = np.cumsum(probs, axis=1)[:, :-1]
+        frame["label"] = class_names[(rng.random(n_records)[:, None] > cumulative).sum(axis=1)]
+    records = pd.DataFrame(frame)
+    if as_reference:
+        return records
+    records.insert(0, "request_id", pd.RangeIndex(n_records).astype(str))
+    records.insert(1, "timestamp", start_time + np.cumsum(rng.exponential(1.0, n_records)))
+    records.insert(2, "inference_ms", rng.lognormal(math.log(120.0), 0.3, n_records))
+    failed = rng.random(n_records) < error_rate
+    records.insert(3, "status", np.where(failed, "error", "ok").astype(object))
+    records["model_name"] = "eye-disease-model"
+    records["model_version"] = "1"
+    if failed.any():
+        records.loc[failed, "predicted_class"] = None
+        records.loc[failed, ["confidence", *PROB_COLUMNS]] = np.nan
+    return records
