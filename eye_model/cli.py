@@ -76,7 +76,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     # The README's defaults are the commands' defaults: without MLFLOW_TRACKING_URI MLflow
     # would write to a stray ./mlflow.db and runs would land in the Default experiment.
     os.environ.setdefault("MLFLOW_TRACKING_URI", settings.tracking_uri)
-    if not os.environ.get("MLFLOW_EXPERIMENT_ID"):
+    if not settings.mlflow_experiment_id:
         os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", settings.experiment_name)
     if settings.mlflow_run_id and ctx.invoked_subcommand:
         from eye_model.runs import tag_entry_point_run

@@ -36,3 +36,6 @@ DEFAULT_MODEL_NAME = "eye-disease-model"
 
 #: MLflow environment managers a model can be served or batch-scored with.
 ENV_MANAGERS: tuple[str, ...] = ("local", "virtualenv", "uv", "conda")
+
+#: Artifact folder of a serving run that holds its inference-log parts.
+INFERENCE_LOG_ARTIFACT_DIR = "inference_log"

@@ -565,6 +565,8 @@ class Settings:
     in_scoring_server: bool = False
     #: The run ``mlflow run`` started for an entry point (``MLFLOW_RUN_ID``), if any.
     mlflow_run_id: str = ""
+    #: The experiment ``mlflow run`` or ``mlflow.set_experiment`` chose (``MLFLOW_EXPERIMENT_ID``).
+    mlflow_experiment_id: str = ""
 
     @property
     def telemetry_dir(self) -> Path:
@@ -592,6 +594,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         env.get("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "").lower() == "true"
     )
     values["mlflow_run_id"] = env.get("MLFLOW_RUN_ID", "")
+    values["mlflow_experiment_id"] = env.get("MLFLOW_EXPERIMENT_ID", "")
     return Settings(**values)
 
 

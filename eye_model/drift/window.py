@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
-from eye_model.telemetry import INFERENCE_LOG_ARTIFACT_DIR
+from eye_model.config import INFERENCE_LOG_ARTIFACT_DIR
 
 
 def parse_since(since: str | float | None) -> float | None:

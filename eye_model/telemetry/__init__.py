@@ -30,8 +30,9 @@ Tracking disabled (``enable_tracking`` off) means no run, no file and no thread.
 
 from __future__ import annotations
 
+from eye_model.config import INFERENCE_LOG_ARTIFACT_DIR
 from eye_model.telemetry.config import TelemetryConfig
-from eye_model.telemetry.inference_log import INFERENCE_LOG_ARTIFACT_DIR, InferenceLog
+from eye_model.telemetry.inference_log import InferenceLog
 from eye_model.telemetry.probe import ProbeResult, check_model_server, run_probe
 from eye_model.telemetry.recorder import WRITE_DELAY_SECONDS
 from eye_model.telemetry.records import (

@@ -18,9 +18,6 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-#: Name of the artifact folder holding the inference log parts of a session run.
-INFERENCE_LOG_ARTIFACT_DIR = "inference_log"
-
 
 class InferenceLog:
     """The session's local, append-only inference log, sealed into numbered parts.

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from eye_model.config import PROB_COLUMNS
+from eye_model.config import INFERENCE_LOG_ARTIFACT_DIR, PROB_COLUMNS
 from eye_model.telemetry.config import TelemetryConfig
-from eye_model.telemetry.inference_log import INFERENCE_LOG_ARTIFACT_DIR, InferenceLog
+from eye_model.telemetry.inference_log import InferenceLog
 from eye_model.telemetry.records import ModelIdentity
 from eye_model.uris import redact_uri
 
