@@ -185,7 +185,7 @@ class RequestGate:
                 if self._used + pixels > self.max_pixels:
                     raise BudgetError(
                         f"image was not decoded: the request's images add up to more than "
-                        f"{self.max_pixels / 1e6:,.0f} MP of decoded pixels "
+                        f"{self.max_pixels / 1e6:,g} MP of decoded pixels "
                         f"({self.pixels_setting}); send the remaining images in another "
                         "request"
                     )
