@@ -24,6 +24,8 @@ from eye_model.image_checks import ImageError
 #: with at most eight decoding threads such decodes together hold at most 128 MB.
 SMALL_DECODE_BYTES = 16 * 1024 * 1024
 
+_NOTHING = contextlib.nullcontext()
+
 
 class BudgetError(ImageError):
     """A row is refused by a limit of its request or worker; the message names the limit."""
@@ -88,8 +90,9 @@ class MemoryBudget:
         with self._condition:
             return self._held
 
-    @contextlib.contextmanager
-    def hold(self, nbytes: int, timeout: float | None = None) -> Iterator[None]:
+    def hold(
+        self, nbytes: int, timeout: float | None = None
+    ) -> contextlib.AbstractContextManager[None]:
         """Hold ``nbytes`` of the budget for the duration of a ``with`` block.
 
         Args:
@@ -100,9 +103,11 @@ class MemoryBudget:
             BudgetError: the budget did not free up within ``timeout``.
         """
         if nbytes < self.small:
-            yield
-            return
-        cost = min(nbytes, self.limit)
+            return _NOTHING  # the common case costs no generator
+        return self._hold(min(nbytes, self.limit), timeout)
+
+    @contextlib.contextmanager
+    def _hold(self, cost: int, timeout: float | None) -> Iterator[None]:
         with self._condition:
             if not self._condition.wait_for(lambda: self._held + cost <= self.limit, timeout):
                 raise BudgetError(
@@ -171,9 +176,11 @@ class RequestGate:
             )
         return remaining
 
-    @contextlib.contextmanager
-    def admit(self, pixels: int, nbytes: int) -> Iterator[None]:
+    def admit(self, pixels: int, nbytes: int) -> contextlib.AbstractContextManager[None]:
         """Admit one decode of ``pixels`` pixels (``nbytes`` bytes) for a ``with`` block.
+
+        The pixel budget and the time limit are checked now; the memory budget is
+        waited for when the ``with`` block is entered.
 
         Raises:
             BudgetError: the request is past its time limit or pixel budget, or the
@@ -191,7 +198,5 @@ class RequestGate:
                     )
                 self._used += pixels
         if self.memory is None:
-            yield
-            return
-        with self.memory.hold(nbytes, remaining):
-            yield
+            return _NOTHING
+        return self.memory.hold(nbytes, remaining)
