@@ -28,7 +28,30 @@ import simplejpeg
 from PIL import Image, ImageOps, ImageStat
 
 from eye_model.config import DEFAULT_IMAGE_SIZE, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from eye_model.decode_budget import RequestGate
+from eye_model.image_checks import (
+    ACCEPTED_FORMATS,
+    ImageError,
+    check_finite,
+    check_truncated_images_refused,
+    is_jpeg_corruption,
+    jpeg_damage,
+    unopened_error,
+    verify_jpeg,
+    verify_png,
+    zero_size_error,
+)
 from eye_model.settings import env_name
+
+__all__ = [
+    "IMAGE_STAT_NAMES",
+    "Base64Text",
+    "FundusImage",
+    "ImageError",
+    "compute_image_stats",
+    "decode_image",
+    "to_image_bytes",
+]
 
 #: Smallest accepted side of a source image, in pixels.
 MIN_SIDE = 16
@@ -58,10 +81,8 @@ _STANDARD_LUMA_TABLE_SUM = sum(
 _DATA_URI = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
 _BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 _EXIF_ORIENTATION = 0x0112
-
-
-class ImageError(ValueError):
-    """An image that cannot be used; the message names the problem and the fix."""
+# Decoding without limits (training, evaluation, tests).
+_NO_LIMITS = RequestGate()
 
 
 @dataclass
@@ -195,7 +216,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError as exc:
         match = _BOMB_PIXELS.search(str(exc))
         pixels = int(match.group(1)) if match else 0
@@ -204,11 +225,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             f"resize it or raise {env_name('max_pixels')}"
         ) from None
     except Image.UnidentifiedImageError:
-        kind = _describe_unknown(data)
-        raise ImageError(
-            f"image is not a readable image file ({kind}); send a JPEG, PNG, BMP, TIFF, WebP "
-            "or GIF fundus photograph"
-        ) from None
+        raise unopened_error(data) from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError(
             f"image header is corrupt ({exc}); send the complete, unmodified image file"
@@ -219,6 +236,8 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
 
 def _check_size(width: int, height: int, max_pixels: int) -> None:
     """Refuse a source that is too large, too small or too narrow, from its header's size."""
+    if width <= 0 or height <= 0:
+        raise zero_size_error(width, height)
     if width * height > max_pixels:
         raise ImageError(
             f"image is {width}x{height} = {width * height / 1e6:,.0f} MP, above the "
@@ -236,39 +255,66 @@ def _check_size(width: int, height: int, max_pixels: int) -> None:
         )
 
 
-def _describe_unknown(data: bytes) -> str:
-    """Say what an unreadable payload looks like, without echoing it."""
-    head = data[:8]
-    if head.startswith(b"%PDF"):
-        return "it looks like a PDF document"
-    if head.startswith(b"PK\x03\x04"):
-        return "it looks like a ZIP archive"
-    try:
-        data[:256].decode("utf-8")
-    except UnicodeDecodeError:
-        return f"{len(data):,} bytes of unknown format"
-    return "it looks like text"
+_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
+# Bytes per pixel of each Pillow mode as the source holds it (more for 16-bit sources).
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "La": 2, "PA": 2, "RGB": 3, "YCbCr": 3}
+_MODE_BYTES.update({"LAB": 3, "HSV": 3, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2})
+
+
+def decoded_bytes(image: Image.Image) -> int:
+    """Bytes of the source's pixels once decoded: width x height x its bytes per pixel.
+
+    Counted in the source's own sample size: a 16-bit RGBA PNG is 8 bytes per pixel even
+    though Pillow keeps 8 bits of each sample.
+    """
+    per_pixel = _MODE_BYTES.get(image.mode, 4)
+    tiles = getattr(image, "tile", None)
+    rawmode = tiles[0].args if tiles and isinstance(tiles[0].args, str) else ""
+    if ";16" in rawmode and not image.mode.startswith("I"):
+        per_pixel *= 2
+    return image.size[0] * image.size[1] * per_pixel
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to 8-bit RGB; transparency is laid on black, like the surround."""
+    """Convert any Pillow mode to 8-bit "RGB", "L" or "RGBa" at full size, in few copies.
+
+    Gray stays "L" and transparency becomes premultiplied "RGBa" (its colour is the
+    image laid on black, like the surround): :func:`_fit_square` shrinks them, and
+    :func:`_rgb_array` makes the small result RGB, so a giant source is never copied
+    into four bytes per pixel more than once.
+    """
     mode = image.mode
-    if mode == "RGB":
+    if mode in ("RGB", "L"):
         return image
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        array = np.asarray(image, dtype=np.float32)
-        top = float(array.max()) if array.size else 0.0
+    if mode in _GRAY_MODES:
+        extrema = image.getextrema()  # one band: (lowest, highest)
+        top = float(extrema[1]) if isinstance(extrema[1], (int, float)) else 0.0
         # 16-bit sources use the 0-65535 range, floats 0-1; wider ones are scaled by their maximum.
         if mode == "F" and top <= 1.0:
             scale = 255.0
         else:
             scale = 1.0 if top <= 255 else 255.0 / max(top, 65535.0)
-        return Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8), "L").convert("RGB")
-    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        array = np.array(image, dtype=np.float32)  # a writable copy
+        array *= scale
+        np.clip(array, 0, 255, out=array)
+        return Image.fromarray(array.astype(np.uint8))
+    if mode == "1":
+        return image.convert("L")
+    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in image.info):
+        if mode not in ("RGBA", "RGBa"):
+            image = image.convert("RGBA")
+        return image if image.mode == "RGBa" else image.convert("RGBa")
     return image.convert("RGB")
+
+
+def _rgb_array(image: Image.Image) -> np.ndarray:
+    """The uint8 RGB array of a small image in a mode :func:`_to_rgb` returns."""
+    if image.mode == "RGBa":  # premultiplied colour is the image laid on black
+        image = Image.merge("RGB", image.split()[:3])
+    elif image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.asarray(image, dtype=np.uint8)
 
 
 def draft_scale(size: tuple[int, int], image_size: int) -> int:
@@ -344,11 +390,7 @@ def _plain_jpeg_header(data: bytes) -> _JpegHeader | None:
         elif marker == 0xE2 and segment.startswith(b"MPF\0"):  # Pillow: a multi-picture file
             return None
         pos += 2 + length
-    orientation = 1
-    if exif is not None:
-        parsed = Image.Exif()
-        parsed.load(exif)
-        orientation = parsed.get(_EXIF_ORIENTATION, 1)
+    orientation = 1 if exif is None else _exif_orientation(exif)
     luma = tables.get(0, next(iter(tables.values()), None))
     return _JpegHeader(width, height, mode, orientation, _quality_from_table(luma))
 
@@ -361,20 +403,37 @@ def _decode_jpeg_scaled(data: bytes, size: tuple[int, int], image_size: int) -> 
     microseconds, where Pillow's Python holds it for about a third of a 224 px decode; two
     decoding threads then really use two cores.
 
+    Decoding is strict: libjpeg's warnings of missing or corrupt data (a file cut short,
+    even with an end marker appended) refuse the image, where Pillow would fill the
+    missing part with grey. Bytes skipped between markers, which lose no pixel, do not.
+
     Returns:
         The RGB array at the scaled size, or None when simplejpeg cannot decode the file
         (the caller then decodes it with Pillow, whose errors name the problem).
+
+    Raises:
+        ImageError: when libjpeg reports missing or corrupt data.
     """
     scale = draft_scale(size, image_size)
+    # The smallest DCT scale giving at least this size is exactly 1/scale.
+    scaled = {"min_width": -(-size[0] // scale), "min_height": -(-size[1] // scale)}
     try:
-        return simplejpeg.decode_jpeg(
-            data,
-            colorspace="RGB",
-            # The smallest DCT scale giving at least this size is exactly 1/scale.
-            min_width=-(-size[0] // scale),
-            min_height=-(-size[1] // scale),
-        )
-    except Exception:  # anything simplejpeg refuses goes through Pillow
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", **scaled)
+    except ValueError as exc:
+        if is_jpeg_corruption(str(exc)):
+            raise jpeg_damage(str(exc)) from None
+        if "extraneous bytes" in str(exc):
+            return _decode_jpeg_lenient(data, scaled)
+        return None
+    except Exception:  # anything else simplejpeg refuses goes through Pillow
+        return None
+
+
+def _decode_jpeg_lenient(data: bytes, scaled: dict[str, int]) -> np.ndarray | None:
+    """Decode a JPEG whose only flaw is bytes between markers (some cameras write them)."""
+    try:
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=False, **scaled)
+    except Exception:  # Pillow decides and explains
         return None
 
 
@@ -391,7 +450,7 @@ def _fit_square(image: Image.Image, size: int) -> Image.Image:
         image = image.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=3.0)
     if new_w == new_h == size:
         return image
-    canvas = Image.new("RGB", (size, size))
+    canvas = Image.new(image.mode, (size, size))
     canvas.paste(image, ((size - new_w) // 2, (size - new_h) // 2))
     return canvas
 
@@ -403,6 +462,7 @@ def decode_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int = DEFAULT_MAX_BYTES,
     with_stats: bool = False,
+    gate: RequestGate | None = None,
 ) -> FundusImage:
     """Decode one image into the network's input.
 
@@ -416,6 +476,9 @@ def decode_image(
         max_bytes: the largest encoded file accepted, in bytes.
         with_stats: also compute :func:`compute_image_stats` on the output (about 0.7 ms
             at 224 px; the served model computes them off the request path instead).
+        gate: the request's limits (pixel budget, time limit, the worker's memory
+            budget), passed once the header gave the decoded size and before any pixel
+            is decoded; None decodes without them.
 
     Returns:
         The decoded image and its metadata.
@@ -425,20 +488,26 @@ def decode_image(
             the problem and the fix.
     """
     data = to_image_bytes(value, max_bytes=max_bytes)
-    image = _decode_plain_jpeg(data, image_size, max_pixels) or _decode_with_pillow(
-        data, image_size, max_pixels
+    gate = gate or _NO_LIMITS
+    image = _decode_plain_jpeg(data, image_size, max_pixels, gate) or _decode_with_pillow(
+        data, image_size, max_pixels, gate
     )
     if with_stats:
         image.add_pixel_stats()
     return image
 
 
-def _decode_plain_jpeg(data: bytes, image_size: int, max_pixels: int) -> FundusImage | None:
+def _decode_plain_jpeg(
+    data: bytes, image_size: int, max_pixels: int, gate: RequestGate | None = None
+) -> FundusImage | None:
     """The fast path: an upright RGB or grayscale JPEG, read and decoded without Pillow.
 
     Returns:
         The image, or None when it needs Pillow (another format or mode, EXIF rotation,
         anything simplejpeg refuses).
+
+    Raises:
+        ImageError: for a source outside the limits, or missing or corrupt data.
     """
     if not data.startswith(b"\xff\xd8"):
         return None
@@ -446,7 +515,10 @@ def _decode_plain_jpeg(data: bytes, image_size: int, max_pixels: int) -> FundusI
     if header is None or header.orientation != 1:
         return None
     _check_size(header.width, header.height, max_pixels)
-    decoded = _decode_jpeg_scaled(data, (header.width, header.height), image_size)
+    scale = draft_scale((header.width, header.height), image_size)
+    pixels_out = -(-header.width // scale) * -(-header.height // scale)
+    with (gate or _NO_LIMITS).admit(pixels_out, pixels_out * 3):
+        decoded = _decode_jpeg_scaled(data, (header.width, header.height), image_size)
     if decoded is None:
         return None
     if decoded.shape[:2] == (image_size, image_size):
@@ -465,30 +537,29 @@ def _decode_plain_jpeg(data: bytes, image_size: int, max_pixels: int) -> FundusI
     )
 
 
-def _decode_with_pillow(data: bytes, image_size: int, max_pixels: int) -> FundusImage:
-    """Decode any format and mode Pillow reads, applying EXIF orientation."""
+def _decode_with_pillow(
+    data: bytes, image_size: int, max_pixels: int, gate: RequestGate | None = None
+) -> FundusImage:
+    """Decode any accepted format and mode with Pillow, applying EXIF orientation."""
     image = _open(data, max_pixels)
     source_format = image.format or "unknown"
     source_mode = image.mode
     width, height = image.size
-    jpeg_quality = estimate_jpeg_quality(image) if source_format == "JPEG" else None
-    try:
-        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-        if orientation in (5, 6, 7, 8):
-            width, height = height, width
-        if source_format == "JPEG":
-            # DCT-domain downscaling: decode at 1/2, 1/4 or 1/8 scale, never below the target.
-            image.draft("RGB", (image_size, image_size))
-        if orientation in (2, 3, 4, 5, 6, 7, 8):
-            image = ImageOps.exif_transpose(image)
-        else:
-            image.load()  # as exif_transpose would, without reading the EXIF again or a copy
-        image = _to_rgb(image)
-        pixels = np.asarray(_fit_square(image, image_size), dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError) as exc:
-        raise ImageError(
-            f"image data is truncated or corrupt ({exc}); send the complete, unmodified file"
-        ) from None
+    jpeg_quality = estimate_jpeg_quality(image) if source_format in ("JPEG", "MPO") else None
+    if source_format in ("JPEG", "MPO"):
+        verify_jpeg(data)
+    elif source_format == "PNG":
+        verify_png(data)
+    else:  # Pillow's own truncation errors are the check
+        check_truncated_images_refused()
+    orientation = _pillow_orientation(image)
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    if source_format == "JPEG":
+        # DCT-domain downscaling: decode at 1/2, 1/4 or 1/8 scale, never below the target.
+        image.draft("RGB", (image_size, image_size))
+    with (gate or _NO_LIMITS).admit(image.size[0] * image.size[1], decoded_bytes(image)):
+        pixels = _pillow_pixels(image, orientation, image_size)
     return FundusImage(
         pixels=pixels,
         width=width,
@@ -498,6 +569,50 @@ def _decode_with_pillow(data: bytes, image_size: int, max_pixels: int) -> Fundus
         byte_size=len(data),
         stats={} if jpeg_quality is None else {"img_jpeg_quality": jpeg_quality},
     )
+
+
+def _pillow_orientation(image: Image.Image) -> int:
+    """The EXIF orientation, or 1 when the EXIF block is damaged (it is then ignored)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # damaged EXIF never fails an image that decodes
+        return 1
+    return orientation if isinstance(orientation, int) else 1
+
+
+def _exif_orientation(exif: bytes) -> int:
+    """The orientation in a JPEG's EXIF block, or 1 when the block is damaged."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            parsed = Image.Exif()
+            parsed.load(exif)
+            orientation = parsed.get(_EXIF_ORIENTATION, 1)
+    except Exception:  # damaged EXIF never fails an image that decodes
+        return 1
+    return orientation if isinstance(orientation, int) else 1
+
+
+def _pillow_pixels(image: Image.Image, orientation: int, image_size: int) -> np.ndarray:
+    """Decode, orient and shrink an opened image; its full-size pixels are freed on return."""
+    try:
+        if orientation in (2, 3, 4, 5, 6, 7, 8):
+            oriented = ImageOps.exif_transpose(image)
+        else:
+            image.load()  # as exif_transpose would, without reading the EXIF again or a copy
+            oriented = image
+        check_finite(oriented)
+        return _rgb_array(_fit_square(_to_rgb(oriented), image_size))
+    except ImageError:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError) as exc:
+        raise ImageError(
+            f"image data is truncated or corrupt ({exc}); send the complete, unmodified file"
+        ) from None
+    finally:
+        image.close()  # frees the decoded pixels now, not when the caller lets go
 
 
 def estimate_jpeg_quality(image: Image.Image) -> float | None:

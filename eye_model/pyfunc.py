@@ -33,9 +33,10 @@ from mlflow.pyfunc.model import PythonModel, PythonModelContext
 from mlflow.types.schema import ColSpec, Schema
 
 from eye_model.config import PROB_COLUMNS
+from eye_model.decode_budget import MemoryBudget, RequestGate
 from eye_model.inference import ModelConfig, aligned_stack, shared_runner
 from eye_model.preprocess import Base64Text, FundusImage, ImageError, decode_image
-from eye_model.settings import Settings, load_settings
+from eye_model.settings import Settings, env_name, load_settings
 
 logger = logging.getLogger(__name__)
 
@@ -123,11 +124,17 @@ def _decode_row(
     max_pixels: int,
     max_bytes: int,
     with_stats: bool = False,
+    gate: RequestGate | None = None,
 ) -> ScoredImage:
     start = time.perf_counter()
     try:
         image = decode_image(
-            value, image_size, max_pixels=max_pixels, max_bytes=max_bytes, with_stats=with_stats
+            value,
+            image_size,
+            max_pixels=max_pixels,
+            max_bytes=max_bytes,
+            with_stats=with_stats,
+            gate=gate,
         )
         scored = ScoredImage(index=index, image=image)
     except ImageError as exc:
@@ -164,6 +171,10 @@ class EyeDiseaseClassifier(PythonModel):
         settings = load_settings()
         self.max_pixels = settings.max_pixels
         self.max_bytes = settings.max_bytes
+        self.max_request_pixels = settings.max_request_pixels
+        self.scoring_timeout_s = settings.scoring_timeout_s
+        # Large decodes of every request of this worker take turns within this budget.
+        self._memory = MemoryBudget(settings.decode_memory_mb * 1024 * 1024)
         self.batch_size = settings.batch_size
         threads = settings.decode_threads
         self._decode_threads = threads
@@ -193,7 +204,35 @@ class EyeDiseaseClassifier(PythonModel):
 
     # -- scoring --------------------------------------------------------------------------
 
-    def _decode_ahead(self, values: list[object], with_stats: bool) -> Iterator[ScoredImage]:
+    def _timeout_ms(self) -> float:
+        return float(getattr(self, "scoring_timeout_s", 60)) * 1000.0
+
+    def request_gate(self, start: float) -> RequestGate:
+        """The limits of one request that started at ``start`` (``time.monotonic()``).
+
+        In MLflow's scoring server: the request's pixel budget, and no decode starting
+        after half of the server's timeout (the rest leaves time for the network, the
+        JSON and a request that waited for a thread). Elsewhere (evaluation, batch
+        scoring) only the worker's memory budget.
+        """
+        memory = getattr(self, "_memory", None)
+        if not getattr(self, "_serving", False):
+            return RequestGate(memory=memory)
+        timeout = getattr(self, "scoring_timeout_s", 60)
+        return RequestGate(
+            max_pixels=getattr(self, "max_request_pixels", None),
+            deadline=start + timeout / 2,
+            memory=memory,
+            pixels_setting=env_name("max_request_pixels"),
+            timeout_text=(
+                f"{timeout / 2:g} s, half of the model server's {timeout} s timeout, "
+                f"{env_name('scoring_timeout_s')}"
+            ),
+        )
+
+    def _decode_ahead(
+        self, values: list[object], with_stats: bool, gate: RequestGate | None = None
+    ) -> Iterator[ScoredImage]:
         """Yield decoded rows in order while the pool decodes up to two batches ahead.
 
         Each pool task decodes a run of up to ``DECODE_CHUNK`` consecutive rows: one
@@ -205,6 +244,7 @@ class EyeDiseaseClassifier(PythonModel):
             max_pixels=self.max_pixels,
             max_bytes=self.max_bytes,
             with_stats=with_stats,
+            gate=gate,
         )
         if len(values) == 1:  # one image (the usual REST request): no hand-off to the pool
             yield decode(0, values[0])
@@ -243,7 +283,11 @@ class EyeDiseaseClassifier(PythonModel):
                 row.image.pixels = None  # nothing of the image is kept past this point
 
     def score_images(
-        self, values: Iterable[object], *, with_stats: bool = False
+        self,
+        values: Iterable[object],
+        *,
+        with_stats: bool = False,
+        gate: RequestGate | None = None,
     ) -> list[ScoredImage]:
         """Decode and score images, one :class:`ScoredImage` per value, in order.
 
@@ -251,13 +295,17 @@ class EyeDiseaseClassifier(PythonModel):
             values: base64 text or bytes, one per image.
             with_stats: compute the image statistics while decoding (offline use; when
                 serving, telemetry computes them off the request path).
+            gate: the request's limits (:meth:`request_gate`); by default only the
+                worker's memory budget.
 
         Returns:
             The scored rows; a bad image gets ``error`` and no probabilities.
         """
         rows: list[ScoredImage] = []
         batch: list[ScoredImage] = []
-        for row in self._decode_ahead(list(values), with_stats):
+        if gate is None:
+            gate = RequestGate(memory=getattr(self, "_memory", None))
+        for row in self._decode_ahead(list(values), with_stats, gate):
             rows.append(row)
             if row.error is None:
                 batch.append(row)
@@ -280,8 +328,9 @@ class EyeDiseaseClassifier(PythonModel):
         writes as JSON (:func:`build_output_records`), the same JSON without a DataFrame.
         """
         start = time.perf_counter()
+        gate = self.request_gate(time.monotonic())
         frame = _as_frame(model_input)
-        rows = self.score_images(image_cells(frame[IMAGE_COLUMN]))
+        rows = self.score_images(image_cells(frame[IMAGE_COLUMN]), gate=gate)
         image_ids = _image_ids(frame)
         serving = getattr(self, "_serving", False)
         output: pd.DataFrame | list[dict[str, Any]]
@@ -296,10 +345,21 @@ class EyeDiseaseClassifier(PythonModel):
             from eye_model.telemetry import log_request
 
             request_id = uuid.uuid4().hex
-            if telemetry is not None:
+            latency = (time.perf_counter() - start) * 1000.0
+            given_up = serving and latency >= self._timeout_ms()
+            if given_up:
+                # The scoring server has answered 504 already: nothing here was delivered.
+                logger.warning(
+                    "request %s took %.0f ms, past the model server's %d s timeout: the client "
+                    "got HTTP 504 and its %d predictions are not logged",
+                    request_id,
+                    latency,
+                    getattr(self, "scoring_timeout_s", 60),
+                    len(rows),
+                )
+            elif telemetry is not None:
                 telemetry.record(rows, request_id=request_id, image_ids=image_ids)
             errors = sum(row.error is not None for row in rows)
-            latency = (time.perf_counter() - start) * 1000.0
             log_request(request_id, latency_ms=latency, rows=len(rows), errors=errors)
         return output
 

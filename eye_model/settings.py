@@ -37,6 +37,13 @@ DEFAULT_HOME = ".eye-model"
 #: rest decode, gained nothing measurable: decoding beside the network slows each layer as
 #: much as it saves.
 DEFAULT_BATCH_SIZE = 32
+#: MLflow's scoring server answers HTTP 504 after this many seconds (its own default).
+DEFAULT_SCORING_TIMEOUT = 60
+#: Decoded pixels one REST request may use: 10 images at the 40 MP limit, about 10 s of
+#: decoding on one core, well inside half of the scoring server's 60 s timeout.
+DEFAULT_MAX_REQUEST_PIXELS = 400_000_000
+#: Decoded bytes that large images decoding at once in one model server may hold, in MB.
+DEFAULT_DECODE_MEMORY_MB = 1024
 #: The values of ``EYE_MODEL_TELEMETRY``.
 TELEMETRY_MODES = ("serving", "always", "never")
 #: The values of ``EYE_MODEL_STACK_PROFILE``.
@@ -263,6 +270,28 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
         str(DEFAULT_MAX_BYTES),
         "largest encoded image accepted",
         _int("EYE_MODEL_MAX_BYTES", DEFAULT_MAX_BYTES),
+    ),
+    EnvVar(
+        "EYE_MODEL_MAX_REQUEST_PIXELS",
+        "max_request_pixels",
+        str(DEFAULT_MAX_REQUEST_PIXELS),
+        "decoded pixels one REST request may use; rows past it get an error",
+        _int("EYE_MODEL_MAX_REQUEST_PIXELS", DEFAULT_MAX_REQUEST_PIXELS),
+    ),
+    EnvVar(
+        "EYE_MODEL_DECODE_MEMORY_MB",
+        "decode_memory_mb",
+        str(DEFAULT_DECODE_MEMORY_MB),
+        "decoded megabytes large images may hold at once in a model server (they wait)",
+        _int("EYE_MODEL_DECODE_MEMORY_MB", DEFAULT_DECODE_MEMORY_MB),
+    ),
+    EnvVar(
+        "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT",
+        "scoring_timeout_s",
+        str(DEFAULT_SCORING_TIMEOUT),
+        "MLflow's model server answers 504 after this many seconds; "
+        "no decode starts after half of it",
+        _int("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", DEFAULT_SCORING_TIMEOUT),
     ),
     EnvVar(
         "EYE_MODEL_BATCH_SIZE",
@@ -528,6 +557,9 @@ class Settings:
     local_model: str = ""
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_bytes: int = DEFAULT_MAX_BYTES
+    max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS
+    decode_memory_mb: int = DEFAULT_DECODE_MEMORY_MB
+    scoring_timeout_s: int = DEFAULT_SCORING_TIMEOUT
     batch_size: int = DEFAULT_BATCH_SIZE
     decode_threads: int = field(default_factory=lambda: min(8, os.cpu_count() or 2))
     home: Path = field(default_factory=lambda: Path(DEFAULT_HOME).resolve())

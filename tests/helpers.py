@@ -96,3 +96,34 @@ class TrackingServer:
         if self.process is not None:
             stop_process(self.process)
             self.process = None
+
+
+def sixteen_bit_rgba_png(side: int) -> bytes:
+    """A ``side`` x ``side`` 16-bit RGBA PNG, mostly flat: tiny on the wire, huge decoded.
+
+    At 6300 px it is about 0.5 MB encoded and 318 MB decoded (8 bytes per pixel), the
+    image of issue 15's memory and timeout findings. Rows are written one at a time, so
+    making it holds one row, not the image.
+    """
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+    background = np.zeros((side, 4), ">u2")
+    background[:, 3] = 65535
+    field = background.copy()
+    field[side // 6 : side - side // 6, :3] = (52000, 24000, 9000)
+    rows = (b"\x00" + background.tobytes(), b"\x00" + field.tobytes())
+    compressor = zlib.compressobj(6)
+    parts = []
+    for y in range(side):
+        parts.append(compressor.compress(rows[side // 6 <= y < side - side // 6]))
+    parts.append(compressor.flush())
+    ihdr = struct.pack(">IIBBBBB", side, side, 16, 6, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", b"".join(parts))
+        + chunk(b"IEND", b"")
+    )

@@ -215,7 +215,6 @@ def _pillow_only_jpegs() -> list[tuple[str, bytes]]:
         ("xmp-rotated", encode(image, "JPEG", xmp=xmp)),
         ("multi-picture", encode(image, "MPO", save_all=True, append_images=[image])),
         ("cmyk", encode(image.convert("CMYK"), "JPEG")),
-        ("truncated", JPEG[: len(JPEG) // 2]),
     ]
 
 
@@ -245,13 +244,13 @@ def test_fast_jpeg_decode_gives_what_pillow_gives(
     assert decode_image(others["cmyk"], size).mode == "CMYK"
 
 
-def test_truncated_and_cmyk_jpegs_go_through_pillow() -> None:
-    """What simplejpeg refuses is decoded, or refused with its reason, by Pillow."""
+def test_truncated_jpeg_is_refused_on_the_fast_path_and_cmyk_goes_through_pillow() -> None:
+    """libjpeg's own report of missing data refuses the file; CMYK is Pillow's to decode."""
     from eye_model import preprocess
 
     truncated = JPEG[: len(JPEG) // 2]
-    assert preprocess._decode_jpeg_scaled(truncated, (320, 320), SIZE) is None
-    assert preprocess._decode_plain_jpeg(truncated, SIZE, 40_000_000) is None
+    with pytest.raises(ImageError, match="Premature end of JPEG file"):
+        preprocess._decode_plain_jpeg(truncated, SIZE, 40_000_000)
     with pytest.raises(ImageError, match="truncated or corrupt"):
         decode_image(truncated, SIZE)
     cmyk = encode(FUNDUS.convert("CMYK"), "JPEG")
@@ -266,3 +265,209 @@ def test_image_stats_measure_what_they_name() -> None:
     assert s_blur["img_sharpness"] < 0.5 * s_sharp["img_sharpness"]
     assert s_dark["img_brightness"] == pytest.approx(0.5 * s_sharp["img_brightness"], rel=0.05)
     assert s_sharp["img_mean_r"] > s_sharp["img_mean_g"] > s_sharp["img_mean_b"]
+
+
+# -- strict decoding ---------------------------------------------------------------------
+
+ACCEPTED_TEXT = "JPEG, PNG, BMP, TIFF, WebP or GIF"
+
+
+def _refused_formats() -> list[tuple[str, bytes, str | None]]:
+    """(format, file, the name the error gives or None) for each format Pillow writes here."""
+    rgb, small = FUNDUS, FUNDUS.resize((64, 64))
+    cases: list[tuple[str, bytes, str | None]] = [
+        ("ICO", encode(small, "ICO"), "ICO"),
+        ("PPM", encode(rgb, "PPM"), "PPM"),
+        ("TGA", encode(rgb, "TGA"), "TGA"),
+        ("PCX", encode(rgb, "PCX"), "PCX"),
+        ("SGI", encode(rgb, "SGI"), "SGI"),
+        ("DDS", encode(rgb, "DDS"), "DDS"),
+        ("QOI", encode(rgb, "QOI"), "QOI"),
+        ("JPEG2000", encode(rgb, "JPEG2000"), "JPEG2000"),
+        ("EPS", encode(rgb, "EPS"), "EPS"),
+        ("PDF", encode(rgb, "PDF"), None),
+        ("IM", encode(rgb, "IM"), None),
+        ("XBM", encode(rgb.convert("1"), "XBM"), "XBM"),
+        ("MSP", encode(rgb.convert("1"), "MSP"), "MSP"),
+        ("SPIDER", encode(rgb.convert("F"), "SPIDER"), None),
+        ("ICNS", encode(rgb, "ICNS"), "ICNS"),
+    ]
+    if "AVIF" in Image.SAVE:
+        cases.append(("AVIF", encode(rgb, "AVIF"), "AVIF"))
+    return cases
+
+
+@pytest.mark.parametrize(
+    ("data", "named"), [c[1:] for c in _refused_formats()], ids=[c[0] for c in _refused_formats()]
+)
+def test_only_the_accepted_formats_are_opened(
+    data: bytes, named: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every other format is refused by name, and none of their parsers ever reads the file."""
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a refused format's parser was called")
+
+    Image.init()
+    for name, (_, accept) in list(Image.OPEN.items()):
+        if name not in ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF", "MPO"):
+            monkeypatch.setitem(Image.OPEN, name, (never, accept))
+    with pytest.raises(ImageError) as info:
+        decode_image(data, SIZE)
+    message = str(info.value)
+    assert ACCEPTED_TEXT in message
+    if named is not None:
+        assert f"in the {named} format, which is not accepted" in message
+    else:
+        assert "not a readable image file" in message
+
+
+def test_eps_never_reaches_ghostscript(monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import EpsImagePlugin
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("Ghostscript was called")
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", never)
+    with pytest.raises(ImageError, match="EPS format"):
+        decode_image(encode(FUNDUS, "EPS"), SIZE)
+
+
+def _cut(data: bytes, tail: bytes = b"") -> bytes:
+    return data[: len(data) // 2] + tail
+
+
+def _png_with_bad_crc() -> bytes:
+    data = bytearray(encode(FUNDUS, "PNG"))
+    start = data.find(b"IDAT")
+    length = int.from_bytes(data[start - 4 : start], "big")
+    data[start + 4 + length] ^= 0xFF  # the first byte of the IDAT chunk's CRC
+    return bytes(data)
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    import struct
+    import zlib
+
+    crc = zlib.crc32(kind + payload)
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+
+PROGRESSIVE = encode(FUNDUS, "JPEG", progressive=True)
+DAMAGED: list[tuple[str, bytes, str]] = [
+    ("half_jpeg_with_end_marker", _cut(JPEG, b"\xff\xd9"), "premature end of data segment"),
+    ("truncated_jpeg", _cut(JPEG), "Premature end of JPEG file"),
+    ("truncated_progressive_jpeg", _cut(PROGRESSIVE), "Premature end of JPEG file"),
+    ("half_progressive_jpeg_with_end_marker", _cut(PROGRESSIVE, b"\xff\xd9"), "premature end"),
+    (
+        "half_rotated_jpeg_with_end_marker",
+        _cut(jpeg_with_orientation(FUNDUS, 6), b"\xff\xd9"),
+        "premature end",
+    ),
+    (
+        "half_cmyk_jpeg_with_end_marker",
+        _cut(encode(FUNDUS.convert("CMYK"), "JPEG"), b"\xff\xd9"),
+        "premature end",
+    ),
+    ("truncated_png", _cut(encode(FUNDUS, "PNG")), "truncated"),
+    ("half_png_with_iend", _cut(encode(FUNDUS, "PNG"), _png_chunk(b"IEND", b"")), "truncated|CRC"),
+    ("png_bad_crc", _png_with_bad_crc(), "IDAT chunk fails its CRC check"),
+    ("truncated_tiff", _cut(encode(FUNDUS, "TIFF")), "truncated"),
+    ("truncated_webp", _cut(encode(FUNDUS, "WEBP")), "corrupt"),
+    ("truncated_gif", _cut(encode(FUNDUS.convert("P"), "GIF")), "truncated"),
+    ("half_gif_with_trailer", _cut(encode(FUNDUS.convert("P"), "GIF"), b"\x3b"), "truncated"),
+    ("truncated_bmp", _cut(encode(FUNDUS, "BMP")), "truncated"),
+]
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"), [c[1:] for c in DAMAGED], ids=[c[0] for c in DAMAGED]
+)
+def test_truncated_or_corrupt_data_is_refused(data: bytes, expected: str) -> None:
+    """Refused even when an end marker follows: Pillow would fill the missing half with grey."""
+    with pytest.raises(ImageError, match=expected) as info:
+        decode_image(data, SIZE)
+    assert "send the complete, unmodified" in str(info.value)
+
+
+def test_pillow_never_loads_truncated_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import ImageFile
+
+    import eye_model.pyfunc  # noqa: F401 - importing the served model changes nothing
+
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+    tiff = _cut(encode(FUNDUS, "TIFF"))
+    with pytest.raises(ImageError, match="truncated"):
+        decode_image(tiff, SIZE)
+    # Should another library turn it on, nothing truncated is scored all the same.
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    for data in (tiff, _cut(encode(FUNDUS.convert("P"), "GIF")), _cut(JPEG, b"\xff\xd9")):
+        with pytest.raises(ImageError, match="LOAD_TRUNCATED_IMAGES|truncated or corrupt"):
+            decode_image(data, SIZE)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_float_images_with_nan_or_infinity_are_refused(bad: float) -> None:
+    gray = np.asarray(FUNDUS.convert("L"), dtype=np.float32) / 255.0
+    gray[10:20, 10:20] = bad
+    with pytest.raises(ImageError, match="100 of 102,400 pixels that are not numbers"):
+        decode_image(encode(Image.fromarray(gray), "TIFF"), SIZE)
+    everything = np.full((64, 64), bad, np.float32)
+    with pytest.raises(ImageError, match="NaN or infinite"):
+        decode_image(encode(Image.fromarray(everything), "TIFF"), SIZE)
+
+
+@pytest.mark.parametrize(
+    "exif",
+    [b"Exif\0\0garbage!!", b"Exif\0\0MM\x00\x2a\x00\x00\x00\x08\x00\x05\x01\x12", b"Exif\0\0II*\0"],
+    ids=["not-tiff", "cut-entry", "cut-header"],
+)
+def test_damaged_exif_never_fails_an_image_that_decodes(exif: bytes) -> None:
+    from eye_model import preprocess
+
+    plain = encode(FUNDUS, "JPEG", exif=exif)
+    header = preprocess._plain_jpeg_header(plain)
+    assert header is not None and header.orientation == 1  # EXIF ignored, left upright
+    image = decode_image(plain, SIZE)
+    np.testing.assert_array_equal(image.pixels, decode_image(encode(FUNDUS, "JPEG"), SIZE).pixels)
+    cmyk = encode(FUNDUS.convert("CMYK"), "JPEG", exif=exif)  # Pillow's path reads it too
+    assert decode_image(cmyk, SIZE).mode == "CMYK"
+
+
+def _zero_sized() -> list[tuple[str, bytes, str]]:
+    import struct
+
+    bmp = bytearray(encode(FUNDUS, "BMP"))
+    struct.pack_into("<i", bmp, 18, 0)
+    jpeg = bytearray(JPEG)
+    frame = jpeg.find(b"\xff\xc0")
+    struct.pack_into(">H", jpeg, frame + 5, 0)
+    return [
+        ("png_0x0", png_header_only(0, 0), "0x0"),
+        ("png_0x300", png_header_only(0, 300), "0x300"),
+        ("bmp_0_wide", bytes(bmp), "0x320"),
+        ("jpeg_0_high", bytes(jpeg), "320x0"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("data", "size"), [c[1:] for c in _zero_sized()], ids=[c[0] for c in _zero_sized()]
+)
+def test_a_header_of_zero_pixels_is_named(data: bytes, size: str) -> None:
+    with pytest.raises(ImageError, match=f"header says the image is {size} px, an image with no"):
+        decode_image(data, SIZE)
+
+
+def test_transparency_is_laid_on_black_without_full_size_copies() -> None:
+    """A 16-bit RGBA PNG: the result equals compositing on black, then shrinking."""
+    rgba = np.zeros((400, 400, 4), np.uint8)
+    rgba[..., :3] = np.asarray(draw_fundus_like(400, seed=5))
+    rgba[..., 3] = np.linspace(0, 255, 400, dtype=np.uint8)[None, :]
+    image = decode_image(encode(Image.fromarray(rgba), "PNG"), 100)
+    composed = np.asarray(
+        Image.alpha_composite(Image.new("RGBA", (400, 400), (0, 0, 0, 255)), Image.fromarray(rgba))
+        .convert("RGB")
+        .resize((100, 100), Image.Resampling.BILINEAR, reducing_gap=3.0),
+        np.int16,
+    )
+    assert np.abs(image.pixels.astype(np.int16) - composed).max() <= 2

@@ -263,3 +263,74 @@ def test_logged_model_has_signature_example_and_code(tiny_network) -> None:
     requirements = (local / "requirements.txt").read_text()
     assert "mlflow==3.17.2" in requirements
     assert "tensorflow==" in requirements
+
+
+# -- request limits ------------------------------------------------------------------------
+
+
+def _served_copy(model: mlflow.pyfunc.PyFuncModel, **attributes: object) -> object:
+    """A copy of the loaded classifier behaving as in the scoring server, without telemetry."""
+    import copy
+
+    served = copy.copy(model.unwrap_python_model())
+    served._serving = True
+    served._telemetry = None
+    for name, value in attributes.items():
+        setattr(served, name, value)
+    return served
+
+
+def test_rows_past_the_request_pixel_budget_get_an_error_naming_it(
+    model: mlflow.pyfunc.PyFuncModel,
+) -> None:
+    images = [b64(encode(draw_fundus_like(100, seed=i), "PNG")) for i in range(5)]
+    served = _served_copy(model, max_request_pixels=3 * 100 * 100)
+    records = served.predict(None, pd.DataFrame({"image": images}))
+    errors = [row["error"] for row in records]
+    assert sum(error is None for error in errors) == 3
+    refused = [error for error in errors if error is not None]
+    assert len(refused) == 2
+    for error in refused:
+        assert "more than 0.03 MP of decoded pixels (EYE_MODEL_MAX_REQUEST_PIXELS)" in error
+        assert "send the remaining images in another request" in error
+    # Outside the scoring server (evaluation, batch scoring) there is no request budget.
+    unlimited = _served_copy(model, max_request_pixels=1, _serving=False)
+    assert unlimited.predict(None, pd.DataFrame({"image": images}))["error"].isna().all()
+
+
+def test_no_decode_starts_after_half_the_server_timeout(
+    model: mlflow.pyfunc.PyFuncModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A request the server would give up on is answered with errors, and never logged."""
+
+    class Recorder:
+        records: list[object] = []
+
+        def record(self, rows: list[object], **kwargs: object) -> None:
+            self.records.extend(rows)
+
+    served = _served_copy(model, scoring_timeout_s=0)
+    served._telemetry = Recorder()
+    with caplog.at_level("WARNING", logger="eye_model.pyfunc"):
+        records = served.predict(None, pd.DataFrame({"image": _images(3)}))
+    for row in records:
+        assert "reached its time limit (0 s, half of the model server's 0 s timeout" in row["error"]
+    assert Recorder.records == []  # the client got HTTP 504: nothing is logged as delivered
+    assert "past the model server's 0 s timeout" in caplog.text
+    # Inside the time limit the same request is scored and recorded.
+    served.scoring_timeout_s = 60
+    records = served.predict(None, pd.DataFrame({"image": _images(3)}))
+    assert [row["error"] for row in records] == [None, None, None]
+    assert len(Recorder.records) == 3
+
+
+def test_large_decodes_share_the_worker_memory_budget(model: mlflow.pyfunc.PyFuncModel) -> None:
+    from eye_model.decode_budget import MemoryBudget
+
+    budget = MemoryBudget(3 * 1024 * 1024, small=1024 * 1024)  # two 1.5 MB decodes at once
+    served = _served_copy(model, _memory=budget)
+    images = [b64(encode(draw_fundus_like(700, seed=i), "PNG")) for i in range(6)]
+    records = served.predict(None, pd.DataFrame({"image": images}))
+    assert all(row["error"] is None for row in records)
+    assert 0 < budget.peak <= budget.limit
+    assert budget.held == 0

@@ -1,0 +1,67 @@
+"""A request inside the documented limits is answered before MLflow's scoring server gives up.
+
+Issue 15: 80 PNGs of 6300x6300 (16-bit RGBA, inside the 40 MP limit) in one request got
+HTTP 504 after 60 s. At default settings the request's pixel budget answers the rows past
+it with an error naming the limit, and everything else is scored, well inside the timeout.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from eye_model.stack import (
+    build_serve_command,
+    find_free_port,
+    server_environment,
+    start_process,
+    stop_process,
+    wait_for_http,
+)
+from tests.helpers import b64, sixteen_bit_rgba_png
+
+
+@pytest.fixture(scope="module")
+def default_server(
+    tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    port = find_free_port()
+    log = tmp_path_factory.mktemp("serve-limits") / "server.log"
+    command = build_serve_command(str(tiny_model_path), port=port, env_manager="local")
+    env = server_environment({"ENABLE_MLFLOW_TRACKING": "false"})
+    process = start_process(command, log_path=log, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/ping", timeout=180, process=process)
+        yield url
+    except RuntimeError:
+        pytest.fail(f"model server did not start:\n{log.read_text()[-3000:]}")
+    finally:
+        stop_process(process)
+    assert process.poll() is not None
+
+
+@pytest.mark.slow
+def test_a_request_over_the_pixel_budget_is_answered_with_the_rows_past_it_in_error(
+    default_server: str,
+) -> None:
+    giant = b64(sixteen_bit_rgba_png(6300))  # 39.7 MP each, inside the 40 MP limit
+    rows = [[f"eye-{i}", giant] for i in range(12)]  # 476 MP, over the 400 MP default
+    payload = {"dataframe_split": {"columns": ["image_id", "image"], "data": rows}}
+    start = time.monotonic()
+    response = requests.post(f"{default_server}/invocations", json=payload, timeout=120)
+    elapsed = time.monotonic() - start
+    assert response.status_code == 200, response.text[:500]
+    assert elapsed < 60  # MLflow's default MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT
+    predictions = response.json()["predictions"]
+    assert [row["image_id"] for row in predictions] == [f"eye-{i}" for i in range(12)]
+    scored = [row for row in predictions if row["error"] is None]
+    refused = [row for row in predictions if row["error"] is not None]
+    assert len(scored) == 10 and len(refused) == 2
+    for row in refused:
+        assert "more than 400 MP of decoded pixels (EYE_MODEL_MAX_REQUEST_PIXELS)" in row["error"]
+        assert row["predicted_class"] is None
