@@ -156,6 +156,32 @@ def build_reference_profile(runner: NetworkRunner, images: ImageSet) -> pd.DataF
     return frame
 
 
+def _enough_reference(reference: pd.DataFrame, runner: NetworkRunner, dataset: Any) -> pd.DataFrame:
+    """A reference profile large enough for the drift job, or a clear word that it is not.
+
+    The profile is the validation split; when that is below the drift job's minimum
+    (``DriftConfig.min_reference_records``), the test split (also held out) joins it. The
+    row count is logged (``reference_profile_rows``); a profile still too small is tagged
+    and warned about at training time, so nobody learns it from a silent drift run.
+    """
+    from eye_model.drift import DriftConfig
+
+    minimum = DriftConfig().min_reference_records
+    if len(reference) < minimum and len(dataset.test):
+        test_profile = build_reference_profile(runner, dataset.test)
+        reference = pd.concat([reference, test_profile], ignore_index=True)
+    mlflow.log_metric("reference_profile_rows", float(len(reference)))
+    if len(reference) < minimum:
+        message = (
+            f"the reference profile has {len(reference)} held-out images, fewer than the "
+            f"{minimum} the drift job needs to test for drift: train on more images "
+            "(at least 4 x that many across the splits)"
+        )
+        logger.warning(message)
+        mlflow.set_tag("reference_profile_warning", message)
+    return reference
+
+
 def _log_figure(fig: Any, name: str) -> None:
     import matplotlib.pyplot as plt
 
@@ -278,6 +304,7 @@ def run_training(config: TrainConfig) -> TrainResult:
         )
         runner = NetworkRunner(network, model_config)
         reference = build_reference_profile(runner, dataset.validation)
+        reference = _enough_reference(reference, runner, dataset)
         with tempfile.TemporaryDirectory() as tmp:
             reference.to_parquet(Path(tmp) / "reference_profile.parquet", index=False)
             mlflow.log_artifact(str(Path(tmp) / "reference_profile.parquet"))

@@ -107,7 +107,8 @@ class DriftReport:
         Returns:
             ``status``, ``drift_detected``, ``drift_test_detected``, ``drift_share``,
             ``flagged`` (``family.feature``), ``heuristics`` (names that fired), ``n``
-            (window records) and ``estimated_accuracy`` (0-1, None without an estimate).
+            (window records), ``estimated_accuracy`` (0-1, None without an estimate) and
+            ``why`` (for ``insufficient_data``: which minimum was not met).
         """
         return {
             "status": self.status,
@@ -118,6 +119,8 @@ class DriftReport:
             "heuristics": [h.name for h in self.flagged_heuristics],
             "n": self.n_window,
             "estimated_accuracy": self.estimate.estimated_accuracy if self.estimate else None,
+            # Why no test ran (too few window or reference records), in words.
+            "why": "; ".join(self.notes) if self.status == STATUS_INSUFFICIENT else "",
         }
 
     def metrics(self) -> dict[str, float]:
