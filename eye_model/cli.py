@@ -431,6 +431,7 @@ def stack_up(
     The production profile reads the admin password from EYE_MODEL_ADMIN_PASSWORD_FILE,
     EYE_MODEL_ADMIN_PASSWORD, MLFLOW_AUTH_ADMIN_PASSWORD or MLFLOW_TRACKING_PASSWORD.
     """
+    from eye_model.settings import settings_environ
     from eye_model.stack import (
         model_server_environment,
         resolve_tracking_config,
@@ -461,6 +462,9 @@ def stack_up(
         )
         if model_uri:
             env = model_server_environment(tracking_uri, config, settings)
+            # The served model's telemetry names what it was asked for (the registered name
+            # and version are resolved from it inside the server, which holds the credentials).
+            env.update(settings_environ(served_uri=model_uri, served_source="stack"))
             url = start_model_server(paths, model_uri, port=serving_port, host=host, env=env)
             click.echo(f"model server: {url}/invocations serving {model_uri}")
     except RuntimeError as exc:  # StackError, or a server that did not start (log tail)

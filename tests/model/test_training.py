@@ -169,3 +169,33 @@ def test_mlflow_run_train_entry_point(tmp_path: Path) -> None:
     version = client.get_model_version("tiny-model", "1")
     assert version.tags["source_run_id"] == summary["run_id"]
     assert "test_macro_f1" in version.tags
+
+
+def test_a_small_training_set_still_gives_a_usable_reference_or_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tracking_store: str
+) -> None:
+    """The drift job needs 50 reference rows: the test split joins a small validation split,
+    and a profile that is still too small is named at training time."""
+    from eye_model.drift import DriftConfig
+    from eye_model.train import TrainConfig, run_training
+
+    monkeypatch.setenv("EYE_MODEL_CACHE", str(tmp_path / "cache"))
+    minimum = DriftConfig().min_reference_records
+    client = MlflowClient(tracking_store)
+    for per_class, enough in ((50, True), (12, False)):
+        result = run_training(
+            TrainConfig(synthetic_per_class=per_class, image_size=64, epochs=1, seed=3)
+        )
+        run = client.get_run(result.run_id)
+        rows = run.data.metrics["reference_profile_rows"]
+        profile = pd.read_parquet(
+            mlflow.artifacts.download_artifacts(
+                f"runs:/{result.run_id}/reference_profile.parquet", dst_path=str(tmp_path)
+            )
+        )
+        assert len(profile) == rows
+        assert (rows >= minimum) is enough, (per_class, rows)
+        warning = run.data.tags.get("reference_profile_warning", "")
+        assert (warning == "") is enough
+        if not enough:
+            assert f"fewer than the {minimum}" in warning
