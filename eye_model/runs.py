@@ -14,7 +14,7 @@ from eye_model.settings import env_name
 def log_new_params(
     run_id: str, params: dict[str, Any], *, client: MlflowClient | None = None
 ) -> None:
-    """Log the parameters the run does not hold yet.
+    """Log the parameters the run does not hold yet; empty values (None, "") are left out.
 
     ``mlflow run`` logs the entry point's parameters itself (an empty string as ``''``);
     logging them again with another spelling would be refused as a change.
@@ -24,6 +24,7 @@ def log_new_params(
         params: parameter name → value (logged as ``str(value)``).
         client: log through this client; through the active run (fluent API) when None.
     """
+    params = {k: v for k, v in params.items() if v is not None and str(v) != ""}
     if client is None:
         existing = mlflow.get_run(run_id).data.params
         mlflow.log_params({k: v for k, v in params.items() if k not in existing})
