@@ -13,10 +13,13 @@ are skipped with the reason.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import secrets
+import shutil
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -34,14 +37,20 @@ from eye_model.settings import Settings, SettingsError, load_settings
 from eye_model.stack import (
     ADMIN_PASSWORD_FILE_ENV,
     BASIC_AUTH_APP,
+    BackupError,
     ProcessIdentity,
     StackError,
     StackPaths,
+    StoreLocations,
     TrackingConfig,
+    backup_stores,
     find_free_port,
+    locate_stores,
     read_admin_password,
+    read_manifest,
     read_stack_state,
     resolve_tracking_config,
+    restore_stores,
     start_tracking,
     stop_service,
     tracking_server_launch,
@@ -229,9 +238,12 @@ def test_model_server_logs_in_with_client_or_admin_credentials(tmp_path: Path) -
         "MLFLOW_TRACKING_USERNAME": "admin",
         "MLFLOW_TRACKING_PASSWORD": "admin-password-1",
     }
+    # A serving user of the caller's environment is handed on explicitly: the model server
+    # inherits no secret variable, MLFLOW_TRACKING_PASSWORD included.
     client = {"MLFLOW_TRACKING_USERNAME": "serving", "MLFLOW_TRACKING_PASSWORD": "serving-pw-12"}
     assert model_server_environment(url, config, load_settings(client)) == {
-        "MLFLOW_TRACKING_URI": url
+        "MLFLOW_TRACKING_URI": url,
+        **client,
     }
     embedded = resolve_tracking_config(StackPaths(tmp_path), settings=Settings())
     assert model_server_environment(url, embedded, Settings()) == {"MLFLOW_TRACKING_URI": url}
@@ -247,6 +259,162 @@ def test_stopping_the_tracking_server_removes_the_password_file(tmp_path: Path) 
     paths.auth_config.write_text("[mlflow]\nadmin_password = x\n")
     assert stop_service(paths, "tracking") is False  # nothing ran
     assert not paths.auth_config.exists()
+
+
+# --- backup and restore without servers (fast) ------------------------------------------------
+
+
+def _small_stores(root: Path, *, auth: bool = True) -> StoreLocations:
+    """A SQLite backend, 30 artifact files of random bytes and (optionally) a users database."""
+    for name, table in (("mlflow.db", "runs"), ("basic_auth.db", "users")):
+        if name == "mlflow.db" or auth:
+            with sqlite3.connect(root / name) as db:
+                db.execute(f"CREATE TABLE {table} (id TEXT)")
+                db.execute(f"INSERT INTO {table} VALUES ('row-1')")
+    for i in range(30):
+        folder = root / "mlartifacts" / "1" / f"run{i:02d}" / "artifacts"
+        folder.mkdir(parents=True)
+        (folder / "weights.bin").write_bytes(os.urandom(20_000))  # incompressible
+    return StoreLocations(
+        f"sqlite:///{root / 'mlflow.db'}",
+        str(root / "mlartifacts"),
+        f"sqlite:///{root / 'basic_auth.db'}" if auth else "",
+    )
+
+
+def test_backup_of_a_login_stack_finds_the_users_database_or_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    _small_stores(home, auth=False)
+    # As docs/production.md does it: the backend store and the profile in the environment.
+    settings = load_settings(
+        {
+            "EYE_MODEL_HOME": str(home),
+            "EYE_MODEL_STACK_PROFILE": "production",
+            "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{home / 'mlflow.db'}",
+        }
+    )
+    manifest = backup_stores(tmp_path / "without", locate_stores(settings=settings))
+    assert manifest["auth"] == {"kind": "missing", "searched": [f"sqlite:///{home}/basic_auth.db"]}
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("users database (basic-auth) was not found" in w for w in warnings)
+    assert read_manifest(tmp_path / "without")["auth"]["kind"] == "missing"
+
+    # stack up's default users database, found with the same settings: backed up, 0600.
+    with sqlite3.connect(home / "basic_auth.db") as db:
+        db.execute("CREATE TABLE users (id TEXT)")
+    manifest = backup_stores(tmp_path / "with", locate_stores(settings=settings))
+    assert manifest["auth"]["kind"] == "sqlite"
+    copy = tmp_path / "with" / "auth.sqlite"
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "with" / "manifest.json").stat().st_mode) == 0o600
+
+
+def _restore_args(backup: Path, target: Path) -> list[str]:
+    return [
+        "restore",
+        "--from",
+        str(backup),
+        "--backend-store-uri",
+        f"sqlite:///{target / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(target / "mlartifacts"),
+        "--auth-db-uri",
+        f"sqlite:///{target / 'basic_auth.db'}",
+    ]
+
+
+def _rewrite_manifest(backup: Path, change: Callable[[dict], object]) -> None:
+    manifest = json.loads((backup / "manifest.json").read_text())
+    (backup / "manifest.json").write_text(json.dumps(change(manifest)))
+
+
+def _truncate_archive(backup: Path) -> None:
+    """Cut artifacts.tar.gz in half and make the manifest agree: a fault during extraction."""
+    archive = backup / "artifacts.tar.gz"
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+
+    def change(manifest: dict) -> dict:
+        manifest["artifacts"].update(
+            bytes=archive.stat().st_size, sha256=hashlib.sha256(archive.read_bytes()).hexdigest()
+        )
+        return manifest
+
+    _rewrite_manifest(backup, change)
+
+
+def _without(key: str) -> Callable[[dict], dict]:
+    return lambda manifest: {k: v for k, v in manifest.items() if k != key}
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda m: '{"format": 1, "backe', "not valid JSON"),
+        (lambda m: [m], "not a JSON object"),
+        (_without("backend"), "'backend' is missing"),
+        (lambda m: {**m, "backend": "backend.sqlite"}, "'backend' is missing or not an object"),
+        (lambda m: {**m, "backend": {**m["backend"], "kind": 3}}, "'backend.kind' is 3"),
+        (lambda m: {**m, "backend": {**m["backend"], "file": "../x"}}, "'backend.file'"),
+        (lambda m: {**m, "artifacts": {**m["artifacts"], "bytes": "12"}}, "'artifacts.bytes'"),
+        (lambda m: {**m, "auth": {"kind": "sqlite"}}, "'auth.file' is None"),
+        (lambda m: {**m, "format": "1"}, "'format' is '1', not a version number"),
+        (lambda m: {**m, "format": 2}, "backup format 2 is not supported"),
+        (_without("created_at"), "'created_at' is missing"),
+    ],
+)
+def test_a_malformed_manifest_is_one_clear_line(
+    tmp_path: Path, damage: Callable[[dict], object], message: str
+) -> None:
+    from click.testing import CliRunner
+
+    from eye_model.cli import main
+
+    source = tmp_path / "source"
+    source.mkdir()
+    backup = tmp_path / "backup"
+    backup_stores(backup, _small_stores(source))
+    manifest = json.loads((backup / "manifest.json").read_text())
+    damaged = damage(manifest)
+    text = damaged if isinstance(damaged, str) else json.dumps(damaged)
+    (backup / "manifest.json").write_text(text)
+    with pytest.raises(BackupError, match=re.escape(message)):
+        read_manifest(backup)
+    result = CliRunner().invoke(main, _restore_args(backup, tmp_path / "target"))
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0]
+    assert not (tmp_path / "target").exists()
+
+
+def test_a_failed_restore_leaves_nothing_and_a_retry_works(tmp_path: Path) -> None:
+    source, target = tmp_path / "source", tmp_path / "target"
+    source.mkdir()
+    backup = tmp_path / "backup"
+    backup_stores(backup, _small_stores(source))
+    good = tmp_path / "good-copy"
+    shutil.copytree(backup, good)
+    _truncate_archive(backup)  # the database and the users are restored before this breaks
+    stores = locate_stores(
+        settings=Settings(),
+        backend_store_uri=f"sqlite:///{target / 'mlflow.db'}",
+        artifacts_destination=str(target / "mlartifacts"),
+        auth_db_uri=f"sqlite:///{target / 'basic_auth.db'}",
+    )
+    with pytest.raises(BackupError, match="was removed: extracting artifacts.tar.gz .* failed") as failed:
+        restore_stores(backup, stores)
+    assert "run the same command again" in str(failed.value)
+    assert not target.exists()  # no database, no auth db, no artifact file, no staging folder
+
+    restore_stores(good, stores)  # the retry, from an intact backup
+    restored = sorted(p.relative_to(target / "mlartifacts") for p in target.rglob("*.bin"))
+    assert len(restored) == 30
+    assert stat.S_IMODE((target / "basic_auth.db").stat().st_mode) == 0o600
+    with sqlite3.connect(target / "basic_auth.db") as db:
+        assert db.execute("SELECT id FROM users").fetchall() == [("row-1",)]
+    assert sorted(p.name for p in target.iterdir()) == ["basic_auth.db", "mlartifacts", "mlflow.db"]
 
 
 # --- helpers for real servers -------------------------------------------------------------
