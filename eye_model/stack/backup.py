@@ -163,7 +163,8 @@ def locate_stores(
             f"{env_name('artifacts_destination')}) together with the backend store"
         )
     if auth_db_uri is not None or settings.auth_db_uri:
-        return StoreLocations(backend, artifacts, auth_db_uri or settings.auth_db_uri)
+        chosen = auth_db_uri if auth_db_uri is not None else settings.auth_db_uri
+        return StoreLocations(backend, artifacts, chosen)
     with_login = recorded.get("app_name") == BASIC_AUTH_APP
     candidates = [recorded.get("auth_db_uri") if with_login else None]
     candidates.append(f"sqlite:///{paths.auth_db}")

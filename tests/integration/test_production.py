@@ -403,7 +403,8 @@ def test_a_failed_restore_leaves_nothing_and_a_retry_works(tmp_path: Path) -> No
         artifacts_destination=str(target / "mlartifacts"),
         auth_db_uri=f"sqlite:///{target / 'basic_auth.db'}",
     )
-    with pytest.raises(BackupError, match="was removed: extracting artifacts.tar.gz .* failed") as failed:
+    broke = "was removed: extracting artifacts.tar.gz .* failed"
+    with pytest.raises(BackupError, match=broke) as failed:
         restore_stores(backup, stores)
     assert "run the same command again" in str(failed.value)
     assert not target.exists()  # no database, no auth db, no artifact file, no staging folder
@@ -442,6 +443,31 @@ class Outputs:
         self.texts += [result.stdout, result.stderr]
         assert result.returncode == 0, f"eye-model {args[0]} failed:\n{result.stderr[-4000:]}"
         return result.stdout
+
+
+def _command_lines() -> dict[int, bytes]:
+    """The command line of every process of this machine."""
+    lines = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                lines[int(entry.name)] = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue  # gone meanwhile
+    return lines
+
+
+def _group_environs(leader: int) -> dict[int, bytes]:
+    """The environment of every process in the process group of ``leader``."""
+    environs = {}
+    for pid in _command_lines():
+        try:
+            stat_line = Path(f"/proc/{pid}/stat").read_text()
+            if int(stat_line.rsplit(")", 1)[1].split()[2]) == leader:
+                environs[pid] = Path(f"/proc/{pid}/environ").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+    return environs
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
@@ -631,6 +657,22 @@ class ProductionStack:
         }
 
 
+def _production_up(home: Path, port: int, backend: str) -> list[str]:
+    """``eye-model stack up`` of the production profile (its arguments)."""
+    return [
+        "stack",
+        "up",
+        "--profile",
+        "production",
+        "--home",
+        str(home),
+        "--tracking-port",
+        str(port),
+        "--backend-store-uri",
+        backend,
+    ]
+
+
 @pytest.fixture(scope="module")
 def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProductionStack]:
     """The production stack on a fresh database: `eye-model stack up --profile production`."""
@@ -663,18 +705,7 @@ def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProductionS
         env=env,
         outputs=Outputs(),
     )
-    up = [
-        "stack",
-        "up",
-        "--profile",
-        "production",
-        "--home",
-        str(home),
-        "--tracking-port",
-        str(port),
-        "--backend-store-uri",
-        backend,
-    ]
+    up = _production_up(home, port, backend)
     stack.results["up"] = up
     try:
         stack.outputs.run(up, env)
@@ -738,6 +769,32 @@ def test_production_stack_runs_on_postgres_behind_a_login(production: Production
     assert production.password.encode() not in environ
     assert b"EYE_MODEL_ADMIN_PASSWORD" not in environ
     assert production.db_password.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    # MLflow created the users database (password hashes): this user only.
+    assert stat.S_IMODE(paths.auth_db.stat().st_mode) == 0o600
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_refused_admin_password_stops_what_stack_up_started(
+    production: ProductionStack, tmp_path: Path
+) -> None:
+    # A second stack on the same stores whose admin password is not the admin's.
+    home, port = tmp_path / "second", find_free_port()
+    env = {**production.env, "EYE_MODEL_ADMIN_PASSWORD": f"Wrong-{secrets.token_hex(8)}"}
+    up = _production_up(home, port, production.backend_store_uri)
+    up += ["--auth-db-uri", f"sqlite:///{production.paths.auth_db}"]
+    result = subprocess.run([EYE_MODEL, *up], env=env, capture_output=True, text=True, timeout=600)
+    production.outputs.texts += [result.stdout, result.stderr]
+    assert result.returncode == 1
+    assert "answers 401 to user 'admin'" in result.stderr
+    assert "Traceback" not in result.stderr
+    # Nothing it started is left: no server, no pid file, no ini with the password, no state.
+    assert not StackPaths(home).pid_file("tracking").exists()
+    assert not StackPaths(home).auth_config.exists()
+    assert not StackPaths(home).state_file.exists()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}/health", timeout=10)
+    assert not [pid for pid, cmdline in _command_lines().items() if str(home).encode() in cmdline]
 
 
 @pytest.mark.slow
@@ -786,9 +843,34 @@ def test_lifecycle_against_the_authenticated_postgres_stack(
             "--serving-port",
             str(serving_port),
         ],
-        production.env,
+        # The operator's shell of docs/production.md: backend store, libpq and admin secrets.
+        {
+            **production.env,
+            "MLFLOW_BACKEND_STORE_URI": production.backend_store_uri,
+            "PGPASSWORD": production.db_password,
+            "MLFLOW_AUTH_ADMIN_PASSWORD": production.password,
+            "EYE_MODEL_AUTH_DB_URI": f"sqlite:///{production.paths.auth_db}",
+        },
     )
     production.model_url = f"http://127.0.0.1:{serving_port}"
+    # Every process of the model server has its login, and no backend-store credential.
+    model_pid = ProcessIdentity.from_json(production.paths.pid_file("model").read_text()).pid
+    environs = _group_environs(model_pid)
+    assert environs
+    for environ in environs.values():
+        names = {line.split(b"=", 1)[0].decode() for line in environ.split(b"\0") if line}
+        assert not names & {
+            "MLFLOW_BACKEND_STORE_URI",
+            "PGPASSWORD",
+            "EYE_MODEL_ADMIN_PASSWORD",
+            "EYE_MODEL_ADMIN_PASSWORD_FILE",
+            "MLFLOW_AUTH_ADMIN_PASSWORD",
+            "EYE_MODEL_AUTH_DB_URI",
+            "MLFLOW_FLASK_SERVER_SECRET_KEY",
+            "MLFLOW_AUTH_CONFIG_PATH",
+        }
+        assert production.db_password.encode() not in environ
+        assert {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} <= names
     images = sorted(gate_data.glob("*/*.jpg"))[:6]
     predictions = score_files(production.model_url, images)
     assert len(predictions) == 6
@@ -878,16 +960,22 @@ def test_backup_and_restore_into_an_empty_database(
     if "trained" not in production.results:
         pytest.fail("the lifecycle test did not train and register")
     backup_dir = tmp_path / "backup"
-    # The backend URI comes from what `stack up` recorded (no password): libpq finds the
-    # password in PGPASSWORD, as an operator's cron job would.
-    production.outputs.run(
-        ["backup", "--out", str(backup_dir), "--home", str(production.home)],
-        {**_clean_env(), "PGPASSWORD": production.db_password},
-    )
+    # As docs/production.md: the stack's home and backend store exported, the password in
+    # PGPASSWORD; the artifact folder and the users database are the ones `stack up` uses.
+    backend_without_password = redact_uri(production.backend_store_uri)
+    docs_env = {
+        **_clean_env(),
+        "EYE_MODEL_HOME": str(production.home),
+        "MLFLOW_BACKEND_STORE_URI": backend_without_password,
+        "PGPASSWORD": production.db_password,
+    }
+    production.outputs.run(["backup", "--out", str(backup_dir)], docs_env)
     manifest = json.loads((backup_dir / "manifest.json").read_text())
     assert manifest["backend"]["kind"] == "postgresql"
     assert manifest["artifacts"]["files"] > 5
     assert manifest["auth"]["kind"] == "sqlite"
+    assert manifest["auth"]["uri"] == f"sqlite:///{production.paths.auth_db}"
+    assert stat.S_IMODE((backup_dir / "auth.sqlite").stat().st_mode) == 0o600
     production.outputs.texts.append(json.dumps(manifest))
 
     target_db = _create_database("eye_model_restore")
@@ -922,7 +1010,30 @@ def test_backup_and_restore_into_an_empty_database(
     assert refused.returncode != 0
     assert "is not empty" in refused.stderr
     assert production.db_password not in refused.stderr
+
+    # A restore whose artifacts step breaks half way (the database and the users are
+    # restored by then) takes everything back: the same command then works.
+    broken = tmp_path / "broken-backup"
+    shutil.copytree(backup_dir, broken)
+    _truncate_archive(broken)
+    failed = subprocess.run(
+        [EYE_MODEL, *restore[:2], str(broken), *restore[3:]],
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    production.outputs.texts += [failed.stdout, failed.stderr]
+    assert failed.returncode == 1
+    assert "everything it wrote was removed" in failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1, failed.stderr
+    counts = "SELECT (SELECT count(*) FROM pg_tables WHERE schemaname = 'public'), " + (
+        "(SELECT count(*) FROM pg_sequences WHERE schemaname = 'public')"
+    )
+    assert _query(target_db, counts) == [(0, 0)]
+    assert not target_home.exists()  # no auth.db, no artifact file, no staging folder
     production.outputs.run(restore, _clean_env())
+    assert stat.S_IMODE((target_home / "basic_auth.db").stat().st_mode) == 0o600
 
     # A second tracking server on the restored stores: same runs, models, users, artifacts.
     paths = StackPaths(target_home)
@@ -937,6 +1048,7 @@ def test_backup_and_restore_into_an_empty_database(
         port=port,
         config=config,
     )
+    assert stat.S_IMODE((target_home / "basic_auth.db").stat().st_mode) == 0o600
     # The admin's credentials are in the environment; models:/ URIs resolve on this server.
     mlflow.set_registry_uri(url)
     restored = MlflowClient(url, registry_uri=url)
