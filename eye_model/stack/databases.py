@@ -102,7 +102,7 @@ def list_postgres_objects(uri: str) -> set[str]:
         ``pg_class.relkind`` (``r`` table, ``S`` sequence, ...) or ``T`` for a type.
     """
     sql = (
-        "SELECT c.relkind || ' ' || format('%I.%I', n.nspname, c.relname) FROM pg_class c "
+        "SELECT c.relkind::text || ' ' || format('%I.%I', n.nspname, c.relname) FROM pg_class c "
         "JOIN pg_namespace n ON n.oid = c.relnamespace "
         f"WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S') AND n.nspname NOT IN {_SYSTEM_SCHEMAS} "
         "AND n.nspname NOT LIKE 'pg\\_%' "
