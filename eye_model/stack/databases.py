@@ -23,7 +23,8 @@ from eye_model.uris import redact_uri, split_password
 DB_TIMEOUT = 3600
 #: Schemas of the server itself, never the tracking data's.
 _SYSTEM_SCHEMAS = "('pg_catalog', 'information_schema')"
-#: What each kind of :func:`list_postgres_objects` is dropped with, in dropping order.
+#: What each kind of :func:`list_postgres_objects` is dropped with, in dropping order
+#: (tables first: their triggers, indexes and owned sequences go with them).
 _DROP_STATEMENTS: dict[str, str] = {
     "r": "DROP TABLE IF EXISTS {} CASCADE",
     "p": "DROP TABLE IF EXISTS {} CASCADE",
@@ -31,6 +32,7 @@ _DROP_STATEMENTS: dict[str, str] = {
     "m": "DROP MATERIALIZED VIEW IF EXISTS {} CASCADE",
     "S": "DROP SEQUENCE IF EXISTS {} CASCADE",
     "T": "DROP TYPE IF EXISTS {} CASCADE",
+    "F": "DROP ROUTINE IF EXISTS {} CASCADE",
 }
 
 
@@ -95,21 +97,32 @@ def postgres_table_count(uri: str) -> int:
 
 
 def list_postgres_objects(uri: str) -> set[str]:
-    """The tables, views, sequences and types of a database, outside the system schemas.
+    """The tables, views, sequences, types and functions of a database, outside the system
+    schemas and extensions.
 
     Returns:
-        Entries ``"<kind> <schema>.<name>"`` (quoted identifiers), kind being a
-        ``pg_class.relkind`` (``r`` table, ``S`` sequence, ...) or ``T`` for a type.
+        Entries ``"<kind> <schema>.<name>"`` (quoted identifiers; functions with their
+        argument types), kind being a ``pg_class.relkind`` (``r`` table, ``S`` sequence,
+        ...), ``T`` for a type or ``F`` for a function or procedure.
     """
+    user_schema = f"n.nspname NOT IN {_SYSTEM_SCHEMAS} AND n.nspname NOT LIKE 'pg\\_%'"
+    not_extension = (
+        "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = {oid} AND d.deptype = 'e')"
+    )
     sql = (
-        "SELECT c.relkind::text || ' ' || format('%I.%I', n.nspname, c.relname) FROM pg_class c "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace "
-        f"WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S') AND n.nspname NOT IN {_SYSTEM_SCHEMAS} "
-        "AND n.nspname NOT LIKE 'pg\\_%' "
-        "UNION ALL SELECT 'T ' || format('%I.%I', n.nspname, t.typname) FROM pg_type t "
-        "JOIN pg_namespace n ON n.oid = t.typnamespace "
-        f"WHERE t.typtype IN ('e', 'd') AND n.nspname NOT IN {_SYSTEM_SCHEMAS} "
-        "AND n.nspname NOT LIKE 'pg\\_%'"
+        "SELECT c.relkind::text || ' ' || format('%I.%I', n.nspname, c.relname) "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        f"WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S') AND {user_schema} "
+        f"AND {not_extension.format(oid='c.oid')} "
+        "UNION ALL SELECT 'T ' || format('%I.%I', n.nspname, t.typname) "
+        "FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
+        f"WHERE t.typtype IN ('e', 'd') AND {user_schema} "
+        f"AND {not_extension.format(oid='t.oid')} "
+        "UNION ALL SELECT 'F ' || format('%I.%I(%s)', n.nspname, p.proname, "
+        "pg_get_function_identity_arguments(p.oid)) "
+        "FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        f"WHERE p.prokind IN ('f', 'p') AND {user_schema} "
+        f"AND {not_extension.format(oid='p.oid')}"
     )
     out = _psql(uri, sql, f"reading {redact_uri(uri)}")
     return {line for line in out.splitlines() if line.strip()}

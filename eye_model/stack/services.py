@@ -4,7 +4,9 @@
 files, logs, the auth configuration) lives in the stack's folder
 (:class:`~eye_model.stack.config.StackPaths`). The tracking server process never gets
 the admin password in its environment (it reads the 0600 ini), and a password in a
-PostgreSQL URI is moved out of the command line into ``PGPASSWORD``.
+PostgreSQL URI is moved out of the command line into ``PGPASSWORD``. The model server
+inherits no secret at all: it gets its tracking URI and login, nothing else. A start
+that fails stops what it started.
 """
 
 from __future__ import annotations
