@@ -430,6 +430,7 @@ def stack_up(
 
     The production profile reads the admin password from EYE_MODEL_ADMIN_PASSWORD_FILE,
     EYE_MODEL_ADMIN_PASSWORD, MLFLOW_AUTH_ADMIN_PASSWORD or MLFLOW_TRACKING_PASSWORD.
+    When a step fails, the servers this command started are stopped again.
     """
     from eye_model.settings import settings_environ
     from eye_model.stack import (
@@ -437,36 +438,40 @@ def stack_up(
         resolve_tracking_config,
         start_model_server,
         start_tracking,
+        stopped_on_failure,
     )
 
     settings, paths = _stack_settings(home)
     try:
-        config = resolve_tracking_config(
-            paths,
-            settings=settings,
-            profile=profile,
-            backend_store_uri=backend_store_uri,
-            artifacts_destination=artifacts_destination,
-            auth_db_uri=auth_db_uri,
-            allowed_hosts=allowed_hosts,
-        )
-        tracking_uri = start_tracking(
-            paths, settings=settings, port=tracking_port, host=host, config=config
-        )
-        described = config.describe()
-        click.echo(f"tracking server: {tracking_uri} (UI and API); logs in {paths.logs}")
-        login = f", login required (user {config.admin_username!r})" if config.authenticated else ""
-        click.echo(
-            f"  {described['profile']}: backend {described['backend_store_uri']}, "
-            f"artifacts {described['artifacts_destination']}{login}"
-        )
-        if model_uri:
-            env = model_server_environment(tracking_uri, config, settings)
-            # The served model's telemetry names what it was asked for (the registered name
-            # and version are resolved from it inside the server, which holds the credentials).
-            env.update(settings_environ(served_uri=model_uri, served_source="stack"))
-            url = start_model_server(paths, model_uri, port=serving_port, host=host, env=env)
-            click.echo(f"model server: {url}/invocations serving {model_uri}")
+        with stopped_on_failure(paths):
+            config = resolve_tracking_config(
+                paths,
+                settings=settings,
+                profile=profile,
+                backend_store_uri=backend_store_uri,
+                artifacts_destination=artifacts_destination,
+                auth_db_uri=auth_db_uri,
+                allowed_hosts=allowed_hosts,
+            )
+            tracking_uri = start_tracking(
+                paths, settings=settings, port=tracking_port, host=host, config=config
+            )
+            described = config.describe()
+            click.echo(f"tracking server: {tracking_uri} (UI and API); logs in {paths.logs}")
+            login = (
+                f", login required (user {config.admin_username!r})" if config.authenticated else ""
+            )
+            click.echo(
+                f"  {described['profile']}: backend {described['backend_store_uri']}, "
+                f"artifacts {described['artifacts_destination']}{login}"
+            )
+            if model_uri:
+                env = model_server_environment(tracking_uri, config, settings)
+                # The served model's telemetry names what it was asked for (the registered
+                # name and version are resolved from it inside the server).
+                env.update(settings_environ(served_uri=model_uri, served_source="stack"))
+                url = start_model_server(paths, model_uri, port=serving_port, host=host, env=env)
+                click.echo(f"model server: {url}/invocations serving {model_uri}")
     except RuntimeError as exc:  # StackError, or a server that did not start (log tail)
         raise click.ClickException(str(exc)) from None
 

@@ -14,7 +14,9 @@ Modules, one idea each:
 - :mod:`~eye_model.stack.processes`: starting, waiting for and stopping processes, and
   pid files checked against the process's start time and command line;
 - :mod:`~eye_model.stack.services`: starting, stopping and reporting the two services;
-- :mod:`~eye_model.stack.backup`: backup and restore of the stores.
+- :mod:`~eye_model.stack.databases`: dumping, restoring and emptying the databases;
+- :mod:`~eye_model.stack.manifest`: the manifest of a backup folder, checked on reading;
+- :mod:`~eye_model.stack.backup`: backup and restore of the stores, all or nothing.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ from eye_model.stack.services import (
     start_service,
     start_tracking,
     stop_service,
+    stopped_on_failure,
     tracking_server_launch,
 )
 
@@ -143,6 +146,7 @@ __all__ = [
     "stop_process",
     "stop_recorded_process",
     "stop_service",
+    "stopped_on_failure",
     "tracking_server_launch",
     "wait_for_http",
     "wait_group_gone",

@@ -1,61 +1,81 @@
 """Backup and restore of the tracking data: backend store, artifacts and users.
 
-A backup is a folder:
+A backup is a folder (0700, files 0600):
 
 - ``backend.pgdump`` (``pg_dump --format=custom`` of a PostgreSQL backend store) or
   ``backend.sqlite`` (a consistent copy of a SQLite store, made with SQLite's online
   backup API, so the tracking server may keep running);
 - ``artifacts.tar.gz``: the artifacts folder the tracking server proxies (an object
   store such as ``s3://`` is not copied: use the bucket's versioning or replication);
-- ``auth.sqlite`` or ``auth.pgdump``: the basic-auth users and permissions, if any;
-- ``manifest.json``, written last: what each file is, its size and SHA-256, the store
-  URIs without passwords, and the MLflow version. A folder without it is incomplete.
+- ``auth.sqlite`` or ``auth.pgdump``: the basic-auth users and permissions;
+- ``manifest.json``, written last (:mod:`eye_model.stack.manifest`).
 
-Restore goes into empty targets only (a new database, a missing or empty folder), so
-it never mixes two histories; then start a tracking server on them.
+The stores are found the way ``eye-model stack up`` finds them, so a stack that runs
+with a login always has its users database backed up; a backup that cannot find it
+warns and records ``"auth": {"kind": "missing"}``.
 
-Database passwords are never passed on a command line nor written: ``pg_dump`` and
-``pg_restore`` get them through ``PGPASSWORD`` (or use ``~/.pgpass``).
+Restore goes into empty targets only (a new database, a missing or empty folder), so it
+never mixes two histories, and it is all or nothing: files are written under temporary
+names next to their targets and moved into place at the end, and when any step fails
+everything written is removed (the tables a PostgreSQL restore created are dropped), so
+the same command can simply be run again.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import sqlite3
-import subprocess
 import tarfile
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from eye_model.settings import Settings, env_name
 from eye_model.stack.config import (
-    StackError,
+    BASIC_AUTH_APP,
+    SERVER_DATABASE_SCHEMES,
     StackPaths,
     is_local_path,
     local_path,
     read_stack_state,
 )
-from eye_model.uris import redact_uri, split_password, uri_scheme
+from eye_model.stack.databases import (
+    BackupError,
+    copy_sqlite,
+    drop_postgres_objects,
+    dump_postgres,
+    list_postgres_objects,
+    postgres_table_count,
+    restore_postgres,
+    sqlite_path,
+)
+from eye_model.stack.manifest import BACKUP_FORMAT, MANIFEST, file_entry, read_manifest
+from eye_model.uris import redact_uri, uri_scheme
 
 logger = logging.getLogger(__name__)
 
-#: Name of the manifest file of a backup folder.
-MANIFEST = "manifest.json"
-#: Version of the backup layout (``format`` in the manifest).
-BACKUP_FORMAT = 1
-#: Seconds a database dump or restore may take.
-DB_TIMEOUT = 3600
+__all__ = [
+    "BACKUP_FORMAT",
+    "MANIFEST",
+    "BackupError",
+    "StoreLocations",
+    "backup_stores",
+    "locate_stores",
+    "read_manifest",
+    "restore_stores",
+]
 
-
-class BackupError(StackError):
-    """A backup or restore that cannot be done; the message names the problem and the fix."""
+#: Errors of files, archives and SQLite that a backup or restore turns into one line.
+_IO_ERRORS = (OSError, EOFError, tarfile.TarError, zlib.error, sqlite3.Error)
 
 
 @dataclass(frozen=True)
@@ -66,11 +86,31 @@ class StoreLocations:
         backend_store_uri: ``postgresql://...`` or ``sqlite:///...``.
         artifacts_destination: the proxied artifact folder (or ``s3://...``, not copied).
         auth_db_uri: the basic-auth user database; empty when there is none.
+        auth_searched: where the users database was looked for in vain although the
+            stack runs with a login (empty when it was found or is not expected).
     """
 
     backend_store_uri: str
     artifacts_destination: str
     auth_db_uri: str = ""
+    auth_searched: tuple[str, ...] = ()
+
+
+def _same_store(recorded: str | None, uri: str) -> bool:
+    """Whether a recorded (password-free) URI names the store of ``uri`` (drivers aside)."""
+    if not recorded:
+        return False
+
+    def normal(value: str) -> str:
+        redacted = redact_uri(value)
+        return uri_scheme(value) + redacted[len(urlsplit(redacted).scheme) :]
+
+    return normal(recorded) == normal(uri)
+
+
+def _exists(uri: str) -> bool:
+    """Whether a users database is there: a SQLite file exists; a server is assumed to."""
+    return uri_scheme(uri) != "sqlite" or sqlite_path(uri).is_file()
 
 
 def locate_stores(
@@ -81,14 +121,17 @@ def locate_stores(
     artifacts_destination: str | None = None,
     auth_db_uri: str | None = None,
 ) -> StoreLocations:
-    """Find the stores: explicit values and settings, else the stack's state.
+    """Find the stores as ``eye-model stack up`` does: options, settings, then the stack.
 
-    When a backend store is given (argument or ``MLFLOW_BACKEND_STORE_URI``), the other
-    locations come from their arguments or the settings' artifact destination and auth
-    database only (no auth database when neither is set), so nothing is mixed in from
-    an unrelated state folder. Otherwise every location not given comes from what
-    ``eye-model stack up`` recorded in ``<home>/stack.json``, else from the embedded
-    defaults under ``home``.
+    The backend store is the argument, else ``MLFLOW_BACKEND_STORE_URI``, else what
+    ``stack up`` recorded in ``<home>/stack.json``, else the embedded SQLite file. The
+    recorded artifact folder and users database are used when that record describes the
+    same backend store, so nothing is mixed in from an unrelated state folder. The users
+    database is then the argument ("" for none), the settings' auth database, the
+    recorded one, else ``<home>/basic_auth.db`` when it exists; when none is found and
+    the stack runs with a login (production profile, a recorded basic-auth app, or a
+    database server as backend), :attr:`StoreLocations.auth_searched` says where it was
+    looked for.
 
     Args:
         home: the stack's state folder (default: the settings' home).
@@ -101,145 +144,43 @@ def locate_stores(
         The locations.
 
     Raises:
-        BackupError: a backend store without an artifact destination.
+        BackupError: a backend store given without an artifact folder that can be found.
     """
-    backend = backend_store_uri or settings.backend_store_uri
-    artifacts = artifacts_destination or settings.artifacts_destination
-    auth = auth_db_uri if auth_db_uri is not None else (settings.auth_db_uri or None)
-    if backend:
-        if not artifacts:
-            raise BackupError(
-                "give the artifact folder with --artifacts-destination (or "
-                f"{env_name('artifacts_destination')}) together with the backend store"
-            )
-        return StoreLocations(backend, artifacts, auth or "")
     paths = StackPaths.from_settings(settings, home)
     state = read_stack_state(paths)
-    auth_default = f"sqlite:///{paths.auth_db}" if paths.auth_db.exists() else ""
-    return StoreLocations(
-        backend_store_uri=state.get("backend_store_uri") or f"sqlite:///{paths.backend_db}",
-        artifacts_destination=artifacts
-        or state.get("artifacts_destination")
-        or str(paths.artifacts),
-        auth_db_uri=auth if auth is not None else state.get("auth_db_uri") or auth_default,
+    given = backend_store_uri or settings.backend_store_uri
+    recorded = state if not given or _same_store(state.get("backend_store_uri"), given) else {}
+    backend = given or recorded.get("backend_store_uri") or f"sqlite:///{paths.backend_db}"
+    artifacts = (
+        artifacts_destination
+        or settings.artifacts_destination
+        or recorded.get("artifacts_destination")
+        or (str(paths.artifacts) if not given or paths.artifacts.is_dir() else "")
     )
-
-
-# --- database helpers --------------------------------------------------------------------
-
-
-def sqlite_path(uri: str) -> Path:
-    """The file of a ``sqlite:///relative`` or ``sqlite:////absolute`` URI."""
-    if not uri.startswith("sqlite:///"):
-        raise BackupError(f"{uri!r} is not a SQLite file URI (sqlite:///PATH)")
-    return Path(unquote(uri[len("sqlite:///") :].split("?", 1)[0]))
-
-
-def libpq_connection(uri: str) -> tuple[str, dict[str, str]]:
-    """A libpq connection URI without password, and the environment carrying the password.
-
-    ``postgresql+psycopg2://`` with a password in the user part becomes
-    ``postgresql://user@host/db`` and ``{"PGPASSWORD": <the password>}`` (empty when the URI
-    holds no password: libpq then uses ``PGPASSWORD`` or ``~/.pgpass`` from the environment).
-    """
-    without, password = split_password(uri)
-    parts = urlsplit(without)
-    dsn = "postgresql" + without[len(parts.scheme) :]
-    return dsn, ({"PGPASSWORD": password} if password is not None else {})
-
-
-def _pg_tool(name: str) -> str:
-    found = shutil.which(name)
-    if not found:
+    if not artifacts:
         raise BackupError(
-            f"{name} is not on PATH: install the PostgreSQL client tools of the server's major "
-            "version or newer (Debian/Ubuntu: apt-get install postgresql-client)"
+            "give the artifact folder with --artifacts-destination (or "
+            f"{env_name('artifacts_destination')}) together with the backend store"
         )
-    return found
-
-
-def _run_pg(command: list[str], secret_env: dict[str, str], what: str) -> str:
-    env = {**os.environ, **secret_env}
-    result = subprocess.run(
-        command, env=env, capture_output=True, text=True, timeout=DB_TIMEOUT, check=False
+    if auth_db_uri is not None or settings.auth_db_uri:
+        chosen = auth_db_uri if auth_db_uri is not None else settings.auth_db_uri
+        return StoreLocations(backend, artifacts, chosen)
+    with_login = recorded.get("app_name") == BASIC_AUTH_APP
+    candidates = [recorded.get("auth_db_uri") if with_login else None]
+    candidates.append(f"sqlite:///{paths.auth_db}")
+    searched = tuple(dict.fromkeys(uri for uri in candidates if uri))
+    found = next((uri for uri in searched if _exists(uri)), "")
+    expected = (
+        with_login
+        or settings.stack_profile == "production"
+        or uri_scheme(backend) in SERVER_DATABASE_SCHEMES
     )
-    if result.returncode != 0:
-        message = result.stderr.strip().splitlines()[-5:]
-        raise BackupError(f"{what} failed (exit {result.returncode}): {' '.join(message)}")
-    return result.stdout
-
-
-def postgres_table_count(uri: str) -> int:
-    """How many tables the database of ``uri`` holds outside the system schemas."""
-    dsn, secret = libpq_connection(uri)
-    sql = (
-        "SELECT count(*) FROM information_schema.tables "
-        "WHERE table_schema NOT IN ('pg_catalog', 'information_schema')"
+    return StoreLocations(
+        backend, artifacts, found, tuple(redact_uri(uri) for uri in searched) if expected else ()
     )
-    out = _run_pg(
-        [_pg_tool("psql"), "--no-psqlrc", "-tA", "-d", dsn, "-c", sql],
-        secret,
-        f"reading {redact_uri(uri)}",
-    )
-    return int(out.strip() or 0)
 
 
-def dump_postgres(uri: str, target: Path) -> None:
-    """``pg_dump --format=custom`` of the database of ``uri`` into ``target``."""
-    dsn, secret = libpq_connection(uri)
-    command = [
-        _pg_tool("pg_dump"),
-        "--format=custom",
-        "--no-owner",
-        "--no-privileges",
-        "--file",
-        str(target),
-        "--dbname",
-        dsn,
-    ]
-    _run_pg(command, secret, f"pg_dump of {redact_uri(uri)}")
-
-
-def restore_postgres(dump: Path, uri: str) -> None:
-    """``pg_restore`` a custom-format dump into the (empty) database of ``uri``."""
-    dsn, secret = libpq_connection(uri)
-    command = [
-        _pg_tool("pg_restore"),
-        "--no-owner",
-        "--no-privileges",
-        "--exit-on-error",
-        "--single-transaction",
-        "--dbname",
-        dsn,
-        str(dump),
-    ]
-    _run_pg(command, secret, f"pg_restore into {redact_uri(uri)}")
-
-
-def copy_sqlite(source: Path, target: Path) -> None:
-    """A consistent copy of a SQLite database, even while a server writes to it."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
-    try:
-        dst = sqlite3.connect(target)
-        try:
-            src.backup(dst)
-        finally:
-            dst.close()
-    finally:
-        src.close()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _file_entry(path: Path) -> dict[str, Any]:
-    return {"file": path.name, "bytes": path.stat().st_size, "sha256": _sha256(path)}
+# --- backup ---------------------------------------------------------------------------------
 
 
 def _dump_database(uri: str, out_dir: Path, stem: str) -> dict[str, Any]:
@@ -258,14 +199,46 @@ def _dump_database(uri: str, out_dir: Path, stem: str) -> dict[str, Any]:
             f"backing up a {kind} store is not supported: use that database's own dump tool "
             "(for MySQL: mysqldump --single-transaction)"
         )
-    return {"kind": kind, "uri": redact_uri(uri), **_file_entry(target)}
+    return {"kind": kind, "uri": redact_uri(uri), **file_entry(target)}
 
 
-# --- backup and restore -------------------------------------------------------------------
+def _archive_artifacts(destination: str, out: Path) -> dict[str, Any]:
+    if not is_local_path(destination):
+        logger.warning(
+            "artifacts in %s are not copied: back up the object store with its own versioning "
+            "or replication",
+            redact_uri(destination),
+        )
+        return {"kind": "object-store", "destination": redact_uri(destination)}
+    folder = local_path(destination)
+    archive = out / "artifacts.tar.gz"
+    files = 0
+    with tarfile.open(archive, "w:gz") as tar:
+        if folder.is_dir():
+            for path in sorted(folder.rglob("*")):
+                tar.add(path, arcname=str(path.relative_to(folder)), recursive=False)
+                files += path.is_file()
+    return {"kind": "folder", "destination": str(folder), "files": files, **file_entry(archive)}
+
+
+def _auth_part(stores: StoreLocations, out: Path) -> dict[str, Any] | None:
+    if stores.auth_db_uri:
+        return _dump_database(stores.auth_db_uri, out, "auth")
+    if not stores.auth_searched:
+        return None
+    logger.warning(
+        "warning: the users database (basic-auth) was not found at %s; this backup has no "
+        "users nor permissions: give it with --auth-db-uri (or %s)",
+        " or ".join(stores.auth_searched),
+        env_name("auth_db_uri"),
+    )
+    return {"kind": "missing", "searched": list(stores.auth_searched)}
 
 
 def backup_stores(out_dir: str | Path, stores: StoreLocations) -> dict[str, Any]:
     """Back up the backend store, the artifact folder and the auth database into ``out_dir``.
+
+    A backup that fails part way removes what it wrote.
 
     Args:
         out_dir: a new or empty folder.
@@ -280,68 +253,47 @@ def backup_stores(out_dir: str | Path, stores: StoreLocations) -> dict[str, Any]
     from importlib.metadata import version
 
     out = Path(out_dir).expanduser().resolve()
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BackupError(f"{out} is not empty; back up into a new folder")
-    # The dumps hold every run and the users' password hashes: this user only.
-    out.mkdir(parents=True, exist_ok=True, mode=0o700)
-    out.chmod(0o700)
-    manifest: dict[str, Any] = {
-        "format": BACKUP_FORMAT,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "mlflow_version": version("mlflow"),
-        "eye_model_version": version("eye-model"),
-        "backend": _dump_database(stores.backend_store_uri, out, "backend"),
-    }
-    destination = stores.artifacts_destination
-    if is_local_path(destination):
-        folder = local_path(destination)
-        archive = out / "artifacts.tar.gz"
-        files = 0
-        with tarfile.open(archive, "w:gz") as tar:
-            if folder.is_dir():
-                for path in sorted(folder.rglob("*")):
-                    tar.add(path, arcname=str(path.relative_to(folder)), recursive=False)
-                    files += path.is_file()
-        manifest["artifacts"] = {
-            "kind": "folder",
-            "destination": str(folder),
-            "files": files,
-            **_file_entry(archive),
+    created = not out.exists()
+    try:
+        # The dumps hold every run and the users' password hashes: this user only.
+        out.mkdir(parents=True, exist_ok=True, mode=0o700)
+        out.chmod(0o700)
+        manifest: dict[str, Any] = {
+            "format": BACKUP_FORMAT,
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "mlflow_version": version("mlflow"),
+            "eye_model_version": version("eye-model"),
+            "backend": _dump_database(stores.backend_store_uri, out, "backend"),
+            "artifacts": _archive_artifacts(stores.artifacts_destination, out),
         }
-    else:
-        logger.warning(
-            "artifacts in %s are not copied: back up the object store with its own versioning "
-            "or replication",
-            redact_uri(destination),
-        )
-        manifest["artifacts"] = {"kind": "object-store", "destination": redact_uri(destination)}
-    if stores.auth_db_uri:
-        manifest["auth"] = _dump_database(stores.auth_db_uri, out, "auth")
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    for path in out.iterdir():
-        path.chmod(0o600)
+        auth = _auth_part(stores, out)
+        if auth is not None:
+            manifest["auth"] = auth
+        for path in out.iterdir():
+            path.chmod(0o600)
+        descriptor = os.open(out / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(manifest, indent=2) + "\n")
+    except BaseException as exc:
+        _remove_backup(out, created)
+        if isinstance(exc, _IO_ERRORS) and not isinstance(exc, BackupError):
+            raise BackupError(f"the backup into {out} failed and was removed: {exc}") from None
+        raise
     logger.info("backed up %s into %s", redact_uri(stores.backend_store_uri), out)
     return manifest
 
 
-def read_manifest(backup_dir: str | Path) -> dict[str, Any]:
-    """Read and check a backup folder: the manifest exists and every file matches its hash."""
-    folder = Path(backup_dir).expanduser()
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except FileNotFoundError:
-        raise BackupError(
-            f"{folder} has no {MANIFEST}: it is not a backup, or the backup did not finish"
-        ) from None
-    if manifest.get("format") != BACKUP_FORMAT:
-        raise BackupError(f"{folder}: backup format {manifest.get('format')} is not supported")
-    for part in ("backend", "artifacts", "auth"):
-        entry = manifest.get(part) or {}
-        if "file" in entry:
-            path = folder / entry["file"]
-            if not path.is_file() or _sha256(path) != entry["sha256"]:
-                raise BackupError(f"{path} is missing or damaged (its SHA-256 does not match)")
-    return manifest
+def _remove_backup(out: Path, created: bool) -> None:
+    if created:
+        shutil.rmtree(out, ignore_errors=True)
+    elif out.is_dir():
+        for path in out.iterdir():
+            path.unlink(missing_ok=True)
+
+
+# --- restore --------------------------------------------------------------------------------
 
 
 def _check_empty_database(entry: dict[str, Any], uri: str, what: str) -> None:
@@ -364,20 +316,102 @@ def _check_empty_database(entry: dict[str, Any], uri: str, what: str) -> None:
             raise BackupError(f"{target} already exists; restore into a new file")
 
 
-def _restore_database(entry: dict[str, Any], folder: Path, uri: str) -> None:
-    source = folder / entry["file"]
-    if entry["kind"] == "postgresql":
-        restore_postgres(source, uri)
-    else:
-        copy_sqlite(source, sqlite_path(uri))
+class _Restore:
+    """What a restore wrote so far, to move into place at the end or to take back."""
+
+    def __init__(self) -> None:
+        self.undo: list[Callable[[], None]] = []
+        self.moves: list[tuple[Path, Path]] = []
+        self.token = secrets.token_hex(4)
+
+    def make_parents(self, path: Path) -> None:
+        """Create the missing folders above ``path``, to be removed again on failure."""
+        missing = [p for p in reversed(path.parents) if not p.exists()]
+        for folder in missing:
+            folder.mkdir()
+            self.undo.append(partial(_remove_empty_folder, folder))
+
+    def staged(self, target: Path) -> Path:
+        """A temporary name next to ``target``, removed on failure."""
+        self.make_parents(target)
+        staged = target.with_name(f".{target.name}.restore-{self.token}")
+        self.undo.append(partial(_remove_path, staged))
+        return staged
+
+    def database(self, entry: dict[str, Any], folder: Path, uri: str) -> None:
+        source = folder / entry["file"]
+        if entry["kind"] == "postgresql":
+            before = list_postgres_objects(uri)
+            restore_postgres(source, uri)  # one transaction: nothing is left if it fails
+            self.undo.append(partial(_drop_new_objects, uri, before))
+        else:
+            target = sqlite_path(uri).resolve()
+            staged = self.staged(target)
+            copy_sqlite(source, staged)  # 0600: the users database holds password hashes
+            self.moves.append((staged, target))
+
+    def artifacts(self, archive: Path, target: Path) -> None:
+        staged = self.staged(target)
+        staged.mkdir()
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
+                tar.extractall(staged, filter="data")  # no absolute paths, no escapes
+        except _IO_ERRORS as exc:
+            raise BackupError(f"extracting {archive.name} into {target} failed: {exc}") from None
+        self.moves.append((staged, target))
+
+    def move_into_place(self) -> None:
+        """Give every staged file and folder its final name."""
+        for staged, target in self.moves:
+            existed = target.exists()  # an empty folder or an empty file (checked before)
+            if staged.is_dir() and existed:
+                for child in staged.iterdir():
+                    self.undo.append(partial(_remove_path, target / child.name))
+                    shutil.move(child, target / child.name)
+                staged.rmdir()
+            else:
+                self.undo.append(partial(_remove_path, target, existed))
+                os.replace(staged, target)
+
+    def take_back(self) -> None:
+        """Remove everything written, newest first; report what could not be removed."""
+        for action in reversed(self.undo):
+            try:
+                action()
+            except Exception as exc:  # keep undoing the rest
+                logger.error("could not remove part of the failed restore: %s", exc)
+
+
+def _drop_new_objects(uri: str, before: set[str]) -> None:
+    drop_postgres_objects(uri, list_postgres_objects(uri) - before)
+
+
+def _remove_path(path: Path, keep_empty: bool = False) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+        if keep_empty:
+            path.mkdir()
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+        if keep_empty:
+            path.touch()
+
+
+def _remove_empty_folder(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # not empty: something else was written there meanwhile
 
 
 def restore_stores(backup_dir: str | Path, stores: StoreLocations) -> dict[str, Any]:
-    """Restore a backup into empty stores.
+    """Restore a backup into empty stores, all or nothing.
 
     Every target is checked before anything is written: the backend (and auth) database
     must be empty (PostgreSQL: an existing database without tables; SQLite: no file), the
-    artifact folder missing or empty.
+    artifact folder missing or empty. SQLite files and the artifacts are written under
+    temporary names next to their targets and renamed at the end; when any step fails,
+    everything written is removed, the tables a PostgreSQL restore created included.
 
     Args:
         backup_dir: a folder written by :func:`backup_stores`.
@@ -387,12 +421,19 @@ def restore_stores(backup_dir: str | Path, stores: StoreLocations) -> dict[str, 
         What was restored: the manifest's parts and the targets (no passwords).
 
     Raises:
-        BackupError: a damaged backup, a non-empty or mismatched target, or a failed restore.
+        BackupError: a damaged backup, a non-empty or mismatched target, or a failed
+            restore (then nothing of it is left).
     """
     folder = Path(backup_dir).expanduser().resolve()
     manifest = read_manifest(folder)
     _check_empty_database(manifest["backend"], stores.backend_store_uri, "backend store")
     auth = manifest.get("auth")
+    if auth and auth["kind"] == "missing":
+        logger.warning(
+            "warning: this backup has no users database (it was not found when the backup "
+            "was made); the restored server starts with the admin user only"
+        )
+        auth = None
     if auth and not stores.auth_db_uri:
         raise BackupError(
             "the backup holds a basic-auth user database: give the target with --auth-db-uri"
@@ -408,15 +449,24 @@ def restore_stores(backup_dir: str | Path, stores: StoreLocations) -> dict[str, 
                 " is not a local folder: restore into a folder, then copy it to the object store"
             )
         target_folder = local_path(stores.artifacts_destination).resolve()
-        if target_folder.exists() and any(target_folder.iterdir()):
+        if target_folder.exists() and (not target_folder.is_dir() or any(target_folder.iterdir())):
             raise BackupError(f"{target_folder} is not empty; restore into a new folder")
-    _restore_database(manifest["backend"], folder, stores.backend_store_uri)
-    if auth:
-        _restore_database(auth, folder, stores.auth_db_uri)
-    if target_folder is not None:
-        target_folder.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(folder / artifacts["file"], "r:gz") as tar:
-            tar.extractall(target_folder, filter="data")  # no absolute paths, no escapes
+    restore = _Restore()
+    try:
+        restore.database(manifest["backend"], folder, stores.backend_store_uri)
+        if auth:
+            restore.database(auth, folder, stores.auth_db_uri)
+        if target_folder is not None:
+            restore.artifacts(folder / artifacts["file"], target_folder)
+        restore.move_into_place()
+    except BaseException as exc:
+        restore.take_back()
+        if isinstance(exc, (BackupError, *_IO_ERRORS)):
+            raise BackupError(
+                f"the restore failed and everything it wrote was removed: {exc}; fix the cause "
+                "and run the same command again"
+            ) from None
+        raise
     logger.info("restored %s into %s", folder, redact_uri(stores.backend_store_uri))
     return {
         "backup": str(folder),

@@ -331,6 +331,12 @@ def write_pid_file(path: Path, pid: int) -> ProcessIdentity | None:
         The identity recorded; None (and no file) when the process already ended.
     """
     identity = process_identity(pid)
+    # Just after exec the kernel may not have filled in the command line yet: recording
+    # an empty one would make the file look stale, and `stack down` would not stop it.
+    deadline = time.monotonic() + 5.0
+    while identity is not None and not identity.command and time.monotonic() < deadline:
+        time.sleep(0.01)
+        identity = process_identity(pid)
     if identity is None:
         path.unlink(missing_ok=True)
         return None

@@ -4,18 +4,21 @@
 files, logs, the auth configuration) lives in the stack's folder
 (:class:`~eye_model.stack.config.StackPaths`). The tracking server process never gets
 the admin password in its environment (it reads the 0600 ini), and a password in a
-PostgreSQL URI is moved out of the command line into ``PGPASSWORD``.
+PostgreSQL URI is moved out of the command line into ``PGPASSWORD``. The model server
+inherits no secret at all: it gets its tracking URI and login, nothing else. A start
+that fails stops what it started.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from eye_model.config import DEFAULT_TRACKING_URI, SERVING_PORT, TRACKING_PORT
-from eye_model.settings import Settings, env_name
+from eye_model.settings import Settings, env_name, secret_variables
 from eye_model.stack.auth import (
     ADMIN_PASSWORD_ENVS,
     ADMIN_PASSWORD_FILE_ENV,
@@ -36,6 +39,7 @@ from eye_model.stack.config import (
     local_path,
     write_stack_state,
 )
+from eye_model.stack.databases import create_private_file, sqlite_path
 from eye_model.stack.processes import (
     read_pid_file,
     server_environment,
@@ -57,11 +61,21 @@ _TRACKING_SERVER_UNSET: tuple[str, ...] = (
     *ADMIN_USERNAME_ENVS,
     env_name("backend_store_uri"),
 )
-#: Variables the model server has no use for: the admin's secret file and password.
-_MODEL_SERVER_UNSET: tuple[str, ...] = (
-    ADMIN_PASSWORD_FILE_ENV,
-    env_name("admin_password"),
-    env_name("auth_admin_password"),
+#: Variables the model server never inherits: every secret setting (backend store and
+#: users database URIs, admin and tracking passwords, the Flask key), the admin's secret
+#: file, libpq's password variables and the auth configuration. Its login to the tracking
+#: server comes from :func:`model_server_environment` only.
+_MODEL_SERVER_UNSET: tuple[str, ...] = tuple(
+    dict.fromkeys(
+        (
+            *secret_variables(),
+            ADMIN_PASSWORD_FILE_ENV,
+            *ADMIN_PASSWORD_ENVS,
+            "PGPASSWORD",
+            "PGPASSFILE",
+            "MLFLOW_AUTH_CONFIG_PATH",
+        )
+    )
 )
 
 
@@ -97,7 +111,8 @@ def start_service(
         health_url: the URL answering 200 once the service is ready.
         timeout: seconds to wait for it.
         env: variables added to this process's environment.
-        unset: variables the service must not inherit (secrets it has no use for).
+        unset: variables the service must not inherit from this process (secrets it has
+            no use for); ``env`` may still give them.
 
     Returns:
         The pid (of an already running service, if there is one).
@@ -110,9 +125,8 @@ def start_service(
     if running:
         return running
     paths.logs.mkdir(parents=True, exist_ok=True)
-    environment = server_environment(env)
-    for name in unset:
-        environment.pop(name, None)
+    environment = {k: v for k, v in server_environment().items() if k not in set(unset)}
+    environment.update(env or {})
     process = start_process(command, log_path=paths.log_file(service), env=environment)
     write_pid_file(paths.pid_file(service), process.pid)
     try:
@@ -197,15 +211,15 @@ def tracking_server_launch(
         extra["PGPASSWORD"] = db_password  # libpq reads it; never on a command line
     elif db_password is not None:
         extra[env_name("backend_store_uri")] = config.backend_store_uri
-        unset.remove(env_name("backend_store_uri"))
         backend = None
     if is_local_path(config.artifacts_destination):
         check_writable_folder(local_path(config.artifacts_destination), "artifacts")
     if config.authenticated:
         if uri_scheme(config.auth_db_uri) == "sqlite":
-            check_writable_folder(
-                Path(config.auth_db_uri[len("sqlite:///") :]).parent, "auth database"
-            )
+            auth_db = sqlite_path(config.auth_db_uri)
+            check_writable_folder(auth_db.parent, "auth database")
+            # MLflow creates the file with the umask's mode (0644): it holds password hashes.
+            create_private_file(auth_db)
         credentials = read_admin_credentials(config, settings)
         write_private_file(paths.auth_config, render_auth_config(config, credentials.password))
         extra["MLFLOW_AUTH_CONFIG_PATH"] = str(paths.auth_config)
@@ -254,6 +268,9 @@ def start_tracking(
         StackError: a configuration that cannot work (see :func:`tracking_server_launch`),
             or, with authentication, an admin password the server refuses.
         RuntimeError: the server did not become healthy.
+
+    A start that fails leaves nothing behind: the server is stopped, its pid file and
+    ``basic_auth.ini`` removed, and ``stack.json`` is written only after a good start.
     """
     config = config or TrackingConfig(
         backend_store_uri=backend_store_uri or f"sqlite:///{paths.backend_db}",
@@ -264,28 +281,58 @@ def start_tracking(
     if read_pid_file(paths.pid_file("tracking")) is not None:
         # Keep the running server and its files; only tell the caller where it is.
         return url
-    command, extra, unset = tracking_server_launch(
-        paths, config, settings=settings, port=port, host=host
-    )
-    start_service(paths, "tracking", command, f"{url}/health", env=extra, unset=unset)
+    try:
+        command, extra, unset = tracking_server_launch(
+            paths, config, settings=settings, port=port, host=host
+        )
+        start_service(paths, "tracking", command, f"{url}/health", env=extra, unset=unset)
+        if config.authenticated:
+            _check_admin_login(url, config, settings)
+    except BaseException:
+        # Nothing of a failed start stays behind: the server, its pid file, the ini.
+        stop_service(paths, "tracking")
+        raise
     write_stack_state(paths, config, url)
-    if config.authenticated:
-        credentials = read_admin_credentials(config, settings)
-        deadline = time.monotonic() + 120
-        # The first requests of a fresh server can be slow (workers warming up).
-        while (status := check_credentials(url, credentials)) == 0:
-            if time.monotonic() > deadline:
-                raise StackError(f"the tracking server at {url} does not answer API requests")
-            time.sleep(1)
-        if status != 200:
-            raise StackError(
-                f"the tracking server at {url} answers {status} to user "
-                f"{credentials.username!r} with the password from {credentials.source}. The "
-                "admin user already existed in the auth database with another password (MLflow "
-                "uses the configured one only to create it): use that password, or change it "
-                "with the update-password API (see docs/production.md)"
-            )
     return url
+
+
+def _check_admin_login(url: str, config: TrackingConfig, settings: Settings) -> None:
+    """Wait until the admin can log in; make MLflow's users database private (0600)."""
+    credentials = read_admin_credentials(config, settings)
+    deadline = time.monotonic() + 120
+    # The first requests of a fresh server can be slow (workers warming up).
+    while (status := check_credentials(url, credentials)) == 0:
+        if time.monotonic() > deadline:
+            raise StackError(f"the tracking server at {url} does not answer API requests")
+        time.sleep(1)
+    if uri_scheme(config.auth_db_uri) == "sqlite":
+        # Created before the start; this also covers a file an older version made 0644.
+        create_private_file(sqlite_path(config.auth_db_uri))
+    if status != 200:
+        raise StackError(
+            f"the tracking server at {url} answers {status} to user "
+            f"{credentials.username!r} with the password from {credentials.source}. The "
+            "admin user already existed in the auth database with another password (MLflow "
+            "uses the configured one only to create it): use that password, or change it "
+            "with the update-password API (see docs/production.md); the server was stopped"
+        )
+
+
+@contextlib.contextmanager
+def stopped_on_failure(paths: StackPaths) -> Iterator[None]:
+    """Stop the services the block starts when it fails; services already running are kept.
+
+    ``eye-model stack up`` runs in it, so a failed start (a model that does not load, an
+    interrupt) leaves no server, pid file nor ``basic_auth.ini`` behind.
+    """
+    running_before = stack_status(paths)
+    try:
+        yield
+    except BaseException:
+        for service in reversed(SERVICES):  # the model server first
+            if running_before[service] is None:
+                stop_service(paths, service)
+        raise
 
 
 def model_server_environment(
@@ -294,12 +341,20 @@ def model_server_environment(
     """Variables the model server needs to reach the tracking server (models, telemetry).
 
     ``MLFLOW_TRACKING_URI`` is the stack's server unless the settings name another one
-    (a value other than the default ``http://localhost:5000``). With authentication,
-    the client credentials of :func:`~eye_model.stack.auth.client_credentials` are added.
+    (a value other than the default ``http://localhost:5000``). The login is the client
+    credentials of the settings (``MLFLOW_TRACKING_USERNAME``/``PASSWORD``, e.g. a
+    least-privilege serving user), else with authentication the admin's
+    (:func:`~eye_model.stack.auth.client_credentials`). The model server inherits no
+    other secret (see ``_MODEL_SERVER_UNSET``): these are all it gets.
     """
     chosen = settings.tracking_uri if settings.tracking_uri != DEFAULT_TRACKING_URI else ""
+    login = {
+        env_name("tracking_username"): settings.tracking_username,
+        env_name("tracking_password"): settings.tracking_password,
+    }
     return {
         env_name("tracking_uri"): chosen or tracking_url,
+        **{name: value for name, value in login.items() if value},
         **client_credentials(config, settings),
     }
 

@@ -13,10 +13,13 @@ are skipped with the reason.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import secrets
+import shutil
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -34,14 +37,20 @@ from eye_model.settings import Settings, SettingsError, load_settings
 from eye_model.stack import (
     ADMIN_PASSWORD_FILE_ENV,
     BASIC_AUTH_APP,
+    BackupError,
     ProcessIdentity,
     StackError,
     StackPaths,
+    StoreLocations,
     TrackingConfig,
+    backup_stores,
     find_free_port,
+    locate_stores,
     read_admin_password,
+    read_manifest,
     read_stack_state,
     resolve_tracking_config,
+    restore_stores,
     start_tracking,
     stop_service,
     tracking_server_launch,
@@ -229,9 +238,12 @@ def test_model_server_logs_in_with_client_or_admin_credentials(tmp_path: Path) -
         "MLFLOW_TRACKING_USERNAME": "admin",
         "MLFLOW_TRACKING_PASSWORD": "admin-password-1",
     }
+    # A serving user of the caller's environment is handed on explicitly: the model server
+    # inherits no secret variable, MLFLOW_TRACKING_PASSWORD included.
     client = {"MLFLOW_TRACKING_USERNAME": "serving", "MLFLOW_TRACKING_PASSWORD": "serving-pw-12"}
     assert model_server_environment(url, config, load_settings(client)) == {
-        "MLFLOW_TRACKING_URI": url
+        "MLFLOW_TRACKING_URI": url,
+        **client,
     }
     embedded = resolve_tracking_config(StackPaths(tmp_path), settings=Settings())
     assert model_server_environment(url, embedded, Settings()) == {"MLFLOW_TRACKING_URI": url}
@@ -247,6 +259,163 @@ def test_stopping_the_tracking_server_removes_the_password_file(tmp_path: Path) 
     paths.auth_config.write_text("[mlflow]\nadmin_password = x\n")
     assert stop_service(paths, "tracking") is False  # nothing ran
     assert not paths.auth_config.exists()
+
+
+# --- backup and restore without servers (fast) ------------------------------------------------
+
+
+def _small_stores(root: Path, *, auth: bool = True) -> StoreLocations:
+    """A SQLite backend, 30 artifact files of random bytes and (optionally) a users database."""
+    for name, table in (("mlflow.db", "runs"), ("basic_auth.db", "users")):
+        if name == "mlflow.db" or auth:
+            with sqlite3.connect(root / name) as db:
+                db.execute(f"CREATE TABLE {table} (id TEXT)")
+                db.execute(f"INSERT INTO {table} VALUES ('row-1')")
+    for i in range(30):
+        folder = root / "mlartifacts" / "1" / f"run{i:02d}" / "artifacts"
+        folder.mkdir(parents=True)
+        (folder / "weights.bin").write_bytes(os.urandom(20_000))  # incompressible
+    return StoreLocations(
+        f"sqlite:///{root / 'mlflow.db'}",
+        str(root / "mlartifacts"),
+        f"sqlite:///{root / 'basic_auth.db'}" if auth else "",
+    )
+
+
+def test_backup_of_a_login_stack_finds_the_users_database_or_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    _small_stores(home, auth=False)
+    # As docs/production.md does it: the backend store and the profile in the environment.
+    settings = load_settings(
+        {
+            "EYE_MODEL_HOME": str(home),
+            "EYE_MODEL_STACK_PROFILE": "production",
+            "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{home / 'mlflow.db'}",
+        }
+    )
+    manifest = backup_stores(tmp_path / "without", locate_stores(settings=settings))
+    assert manifest["auth"] == {"kind": "missing", "searched": [f"sqlite:///{home}/basic_auth.db"]}
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("users database (basic-auth) was not found" in w for w in warnings)
+    assert read_manifest(tmp_path / "without")["auth"]["kind"] == "missing"
+
+    # stack up's default users database, found with the same settings: backed up, 0600.
+    with sqlite3.connect(home / "basic_auth.db") as db:
+        db.execute("CREATE TABLE users (id TEXT)")
+    manifest = backup_stores(tmp_path / "with", locate_stores(settings=settings))
+    assert manifest["auth"]["kind"] == "sqlite"
+    copy = tmp_path / "with" / "auth.sqlite"
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "with" / "manifest.json").stat().st_mode) == 0o600
+
+
+def _restore_args(backup: Path, target: Path) -> list[str]:
+    return [
+        "restore",
+        "--from",
+        str(backup),
+        "--backend-store-uri",
+        f"sqlite:///{target / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(target / "mlartifacts"),
+        "--auth-db-uri",
+        f"sqlite:///{target / 'basic_auth.db'}",
+    ]
+
+
+def _rewrite_manifest(backup: Path, change: Callable[[dict], object]) -> None:
+    manifest = json.loads((backup / "manifest.json").read_text())
+    (backup / "manifest.json").write_text(json.dumps(change(manifest)))
+
+
+def _truncate_archive(backup: Path) -> None:
+    """Cut artifacts.tar.gz in half and make the manifest agree: a fault during extraction."""
+    archive = backup / "artifacts.tar.gz"
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+
+    def change(manifest: dict) -> dict:
+        manifest["artifacts"].update(
+            bytes=archive.stat().st_size, sha256=hashlib.sha256(archive.read_bytes()).hexdigest()
+        )
+        return manifest
+
+    _rewrite_manifest(backup, change)
+
+
+def _without(key: str) -> Callable[[dict], dict]:
+    return lambda manifest: {k: v for k, v in manifest.items() if k != key}
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda m: '{"format": 1, "backe', "not valid JSON"),
+        (lambda m: [m], "not a JSON object"),
+        (_without("backend"), "'backend' is missing"),
+        (lambda m: {**m, "backend": "backend.sqlite"}, "'backend' is missing or not an object"),
+        (lambda m: {**m, "backend": {**m["backend"], "kind": 3}}, "'backend.kind' is 3"),
+        (lambda m: {**m, "backend": {**m["backend"], "file": "../x"}}, "'backend.file'"),
+        (lambda m: {**m, "artifacts": {**m["artifacts"], "bytes": "12"}}, "'artifacts.bytes'"),
+        (lambda m: {**m, "auth": {"kind": "sqlite"}}, "'auth.file' is None"),
+        (lambda m: {**m, "format": "1"}, "'format' is '1', not a version number"),
+        (lambda m: {**m, "format": 2}, "backup format 2 is not supported"),
+        (_without("created_at"), "'created_at' is missing"),
+    ],
+)
+def test_a_malformed_manifest_is_one_clear_line(
+    tmp_path: Path, damage: Callable[[dict], object], message: str
+) -> None:
+    from click.testing import CliRunner
+
+    from eye_model.cli import main
+
+    source = tmp_path / "source"
+    source.mkdir()
+    backup = tmp_path / "backup"
+    backup_stores(backup, _small_stores(source))
+    manifest = json.loads((backup / "manifest.json").read_text())
+    damaged = damage(manifest)
+    text = damaged if isinstance(damaged, str) else json.dumps(damaged)
+    (backup / "manifest.json").write_text(text)
+    with pytest.raises(BackupError, match=re.escape(message)):
+        read_manifest(backup)
+    result = CliRunner().invoke(main, _restore_args(backup, tmp_path / "target"))
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0]
+    assert not (tmp_path / "target").exists()
+
+
+def test_a_failed_restore_leaves_nothing_and_a_retry_works(tmp_path: Path) -> None:
+    source, target = tmp_path / "source", tmp_path / "target"
+    source.mkdir()
+    backup = tmp_path / "backup"
+    backup_stores(backup, _small_stores(source))
+    good = tmp_path / "good-copy"
+    shutil.copytree(backup, good)
+    _truncate_archive(backup)  # the database and the users are restored before this breaks
+    stores = locate_stores(
+        settings=Settings(),
+        backend_store_uri=f"sqlite:///{target / 'mlflow.db'}",
+        artifacts_destination=str(target / "mlartifacts"),
+        auth_db_uri=f"sqlite:///{target / 'basic_auth.db'}",
+    )
+    broke = "was removed: extracting artifacts.tar.gz .* failed"
+    with pytest.raises(BackupError, match=broke) as failed:
+        restore_stores(backup, stores)
+    assert "run the same command again" in str(failed.value)
+    assert not target.exists()  # no database, no auth db, no artifact file, no staging folder
+
+    restore_stores(good, stores)  # the retry, from an intact backup
+    restored = sorted(p.relative_to(target / "mlartifacts") for p in target.rglob("*.bin"))
+    assert len(restored) == 30
+    assert stat.S_IMODE((target / "basic_auth.db").stat().st_mode) == 0o600
+    with sqlite3.connect(target / "basic_auth.db") as db:
+        assert db.execute("SELECT id FROM users").fetchall() == [("row-1",)]
+    assert sorted(p.name for p in target.iterdir()) == ["basic_auth.db", "mlartifacts", "mlflow.db"]
 
 
 # --- helpers for real servers -------------------------------------------------------------
@@ -274,6 +443,31 @@ class Outputs:
         self.texts += [result.stdout, result.stderr]
         assert result.returncode == 0, f"eye-model {args[0]} failed:\n{result.stderr[-4000:]}"
         return result.stdout
+
+
+def _command_lines() -> dict[int, bytes]:
+    """The command line of every process of this machine."""
+    lines = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                lines[int(entry.name)] = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue  # gone meanwhile
+    return lines
+
+
+def _group_environs(leader: int) -> dict[int, bytes]:
+    """The environment of every process in the process group of ``leader``."""
+    environs = {}
+    for pid in _command_lines():
+        try:
+            stat_line = Path(f"/proc/{pid}/stat").read_text()
+            if int(stat_line.rsplit(")", 1)[1].split()[2]) == leader:
+                environs[pid] = Path(f"/proc/{pid}/environ").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+    return environs
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
@@ -463,6 +657,22 @@ class ProductionStack:
         }
 
 
+def _production_up(home: Path, port: int, backend: str) -> list[str]:
+    """``eye-model stack up`` of the production profile (its arguments)."""
+    return [
+        "stack",
+        "up",
+        "--profile",
+        "production",
+        "--home",
+        str(home),
+        "--tracking-port",
+        str(port),
+        "--backend-store-uri",
+        backend,
+    ]
+
+
 @pytest.fixture(scope="module")
 def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProductionStack]:
     """The production stack on a fresh database: `eye-model stack up --profile production`."""
@@ -495,18 +705,7 @@ def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProductionS
         env=env,
         outputs=Outputs(),
     )
-    up = [
-        "stack",
-        "up",
-        "--profile",
-        "production",
-        "--home",
-        str(home),
-        "--tracking-port",
-        str(port),
-        "--backend-store-uri",
-        backend,
-    ]
+    up = _production_up(home, port, backend)
     stack.results["up"] = up
     try:
         stack.outputs.run(up, env)
@@ -570,6 +769,32 @@ def test_production_stack_runs_on_postgres_behind_a_login(production: Production
     assert production.password.encode() not in environ
     assert b"EYE_MODEL_ADMIN_PASSWORD" not in environ
     assert production.db_password.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    # MLflow created the users database (password hashes): this user only.
+    assert stat.S_IMODE(paths.auth_db.stat().st_mode) == 0o600
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_refused_admin_password_stops_what_stack_up_started(
+    production: ProductionStack, tmp_path: Path
+) -> None:
+    # A second stack on the same stores whose admin password is not the admin's.
+    home, port = tmp_path / "second", find_free_port()
+    env = {**production.env, "EYE_MODEL_ADMIN_PASSWORD": f"Wrong-{secrets.token_hex(8)}"}
+    up = _production_up(home, port, production.backend_store_uri)
+    up += ["--auth-db-uri", f"sqlite:///{production.paths.auth_db}"]
+    result = subprocess.run([EYE_MODEL, *up], env=env, capture_output=True, text=True, timeout=600)
+    production.outputs.texts += [result.stdout, result.stderr]
+    assert result.returncode == 1
+    assert "answers 401 to user 'admin'" in result.stderr
+    assert "Traceback" not in result.stderr
+    # Nothing it started is left: no server, no pid file, no ini with the password, no state.
+    assert not StackPaths(home).pid_file("tracking").exists()
+    assert not StackPaths(home).auth_config.exists()
+    assert not StackPaths(home).state_file.exists()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}/health", timeout=10)
+    assert not [pid for pid, cmdline in _command_lines().items() if str(home).encode() in cmdline]
 
 
 @pytest.mark.slow
@@ -618,9 +843,34 @@ def test_lifecycle_against_the_authenticated_postgres_stack(
             "--serving-port",
             str(serving_port),
         ],
-        production.env,
+        # The operator's shell of docs/production.md: backend store, libpq and admin secrets.
+        {
+            **production.env,
+            "MLFLOW_BACKEND_STORE_URI": production.backend_store_uri,
+            "PGPASSWORD": production.db_password,
+            "MLFLOW_AUTH_ADMIN_PASSWORD": production.password,
+            "EYE_MODEL_AUTH_DB_URI": f"sqlite:///{production.paths.auth_db}",
+        },
     )
     production.model_url = f"http://127.0.0.1:{serving_port}"
+    # Every process of the model server has its login, and no backend-store credential.
+    model_pid = ProcessIdentity.from_json(production.paths.pid_file("model").read_text()).pid
+    environs = _group_environs(model_pid)
+    assert environs
+    for environ in environs.values():
+        names = {line.split(b"=", 1)[0].decode() for line in environ.split(b"\0") if line}
+        assert not names & {
+            "MLFLOW_BACKEND_STORE_URI",
+            "PGPASSWORD",
+            "EYE_MODEL_ADMIN_PASSWORD",
+            "EYE_MODEL_ADMIN_PASSWORD_FILE",
+            "MLFLOW_AUTH_ADMIN_PASSWORD",
+            "EYE_MODEL_AUTH_DB_URI",
+            "MLFLOW_FLASK_SERVER_SECRET_KEY",
+            "MLFLOW_AUTH_CONFIG_PATH",
+        }
+        assert production.db_password.encode() not in environ
+        assert {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} <= names
     images = sorted(gate_data.glob("*/*.jpg"))[:6]
     predictions = score_files(production.model_url, images)
     assert len(predictions) == 6
@@ -710,16 +960,22 @@ def test_backup_and_restore_into_an_empty_database(
     if "trained" not in production.results:
         pytest.fail("the lifecycle test did not train and register")
     backup_dir = tmp_path / "backup"
-    # The backend URI comes from what `stack up` recorded (no password): libpq finds the
-    # password in PGPASSWORD, as an operator's cron job would.
-    production.outputs.run(
-        ["backup", "--out", str(backup_dir), "--home", str(production.home)],
-        {**_clean_env(), "PGPASSWORD": production.db_password},
-    )
+    # As docs/production.md: the stack's home and backend store exported, the password in
+    # PGPASSWORD; the artifact folder and the users database are the ones `stack up` uses.
+    backend_without_password = redact_uri(production.backend_store_uri)
+    docs_env = {
+        **_clean_env(),
+        "EYE_MODEL_HOME": str(production.home),
+        "MLFLOW_BACKEND_STORE_URI": backend_without_password,
+        "PGPASSWORD": production.db_password,
+    }
+    production.outputs.run(["backup", "--out", str(backup_dir)], docs_env)
     manifest = json.loads((backup_dir / "manifest.json").read_text())
     assert manifest["backend"]["kind"] == "postgresql"
     assert manifest["artifacts"]["files"] > 5
     assert manifest["auth"]["kind"] == "sqlite"
+    assert manifest["auth"]["uri"] == f"sqlite:///{production.paths.auth_db}"
+    assert stat.S_IMODE((backup_dir / "auth.sqlite").stat().st_mode) == 0o600
     production.outputs.texts.append(json.dumps(manifest))
 
     target_db = _create_database("eye_model_restore")
@@ -754,7 +1010,30 @@ def test_backup_and_restore_into_an_empty_database(
     assert refused.returncode != 0
     assert "is not empty" in refused.stderr
     assert production.db_password not in refused.stderr
+
+    # A restore whose artifacts step breaks half way (the database and the users are
+    # restored by then) takes everything back: the same command then works.
+    broken = tmp_path / "broken-backup"
+    shutil.copytree(backup_dir, broken)
+    _truncate_archive(broken)
+    failed = subprocess.run(
+        [EYE_MODEL, *restore[:2], str(broken), *restore[3:]],
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    production.outputs.texts += [failed.stdout, failed.stderr]
+    assert failed.returncode == 1
+    assert "everything it wrote was removed" in failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1, failed.stderr
+    counts = "SELECT (SELECT count(*) FROM pg_tables WHERE schemaname = 'public'), " + (
+        "(SELECT count(*) FROM pg_sequences WHERE schemaname = 'public')"
+    )
+    assert _query(target_db, counts) == [(0, 0)]
+    assert not target_home.exists()  # no auth.db, no artifact file, no staging folder
     production.outputs.run(restore, _clean_env())
+    assert stat.S_IMODE((target_home / "basic_auth.db").stat().st_mode) == 0o600
 
     # A second tracking server on the restored stores: same runs, models, users, artifacts.
     paths = StackPaths(target_home)
@@ -769,6 +1048,7 @@ def test_backup_and_restore_into_an_empty_database(
         port=port,
         config=config,
     )
+    assert stat.S_IMODE((target_home / "basic_auth.db").stat().st_mode) == 0o600
     # The admin's credentials are in the environment; models:/ URIs resolve on this server.
     mlflow.set_registry_uri(url)
     restored = MlflowClient(url, registry_uri=url)
