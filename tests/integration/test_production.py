@@ -954,6 +954,62 @@ def test_admin_creates_users_and_grants_permissions(
 
 @pytest.mark.slow
 @pytest.mark.postgres
+def test_cli_tells_401_403_and_404_apart(
+    production: ProductionStack, as_admin: MlflowClient
+) -> None:
+    """A read-only user's promote, a wrong password and a missing run each get one line that
+    names the problem and the fix, never a traceback, and change nothing."""
+    if "reader_password" not in production.results:
+        pytest.fail("the users test did not create the reader")
+    before = {
+        str(v.version): v.current_stage
+        for v in as_admin.search_model_versions(f"name = '{MODEL_NAME}'")
+    }
+    promote = ["promote", "--model-name", MODEL_NAME, "--version", "1", "--stage", "Archived"]
+
+    def run(user: str, password: str, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {
+            **production.client_env(),
+            "MLFLOW_TRACKING_USERNAME": user,
+            "MLFLOW_TRACKING_PASSWORD": password,
+        }
+        return subprocess.run(
+            [EYE_MODEL, *args], env=_clean_env(**env), capture_output=True, text=True, timeout=180
+        )
+
+    checks = [
+        (run("reader", str(production.results["reader_password"]), *promote), "HTTP 403"),
+        (run("reader", "not-the-password", *promote), "HTTP 401"),
+        (
+            run(
+                "admin",
+                production.password,
+                "register",
+                "--model-uri",
+                "runs:/0123456789abcdef0123456789abcdef/model",
+                "--model-name",
+                MODEL_NAME,
+            ),
+            "does not exist",
+        ),
+    ]
+    for result, expected in checks:
+        assert result.returncode == 1, result.stdout + result.stderr
+        errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
+    forbidden = checks[0][0].stderr
+    assert "EDIT on the registered model" in forbidden
+    assert "MLFLOW_TRACKING_USERNAME" in checks[1][0].stderr
+    after = {
+        str(v.version): v.current_stage
+        for v in as_admin.search_model_versions(f"name = '{MODEL_NAME}'")
+    }
+    assert after == before
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
 def test_backup_and_restore_into_an_empty_database(
     production: ProductionStack, as_admin: MlflowClient, tmp_path: Path
 ) -> None:
