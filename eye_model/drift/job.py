@@ -79,27 +79,15 @@ def load_served_model(model_uri: str, client: MlflowClient) -> ServedModel:
     Raises:
         FileNotFoundError: the model has no reference profile.
     """
-    name = version = ""
-    if model_uri.startswith("models:/") and not model_uri.startswith("models:/m-"):
-        from eye_model.registry import quiet_stage_deprecation
+    from eye_model.registry import RegistryError, find_registered_version
 
-        spec = model_uri[len("models:/") :]
-        with quiet_stage_deprecation():
-            if "@" in spec:
-                name, alias = spec.split("@", 1)
-                found = client.get_model_version_by_alias(name, alias)
-            else:
-                name, ref = spec.split("/", 1)
-                if ref.isdigit():
-                    found = client.get_model_version(name, ref)
-                elif ref.lower() == "latest":
-                    found = max(
-                        client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version)
-                    )
-                else:
-                    found = client.get_latest_versions(name, stages=[ref])[0]
-        version = str(found.version)
-        model_uri = f"models:/{name}/{version}"
+    name = version = ""
+    try:
+        found = find_registered_version(model_uri, client)
+    except RegistryError as exc:
+        raise ValueError(str(exc)) from None
+    if found is not None:  # a registry URI, pinned to its version number
+        name, version, model_uri = found.name, found.version, found.uri
     with tempfile.TemporaryDirectory(prefix="eye-model-drift-") as tmp:
         local = Path(
             mlflow.artifacts.download_artifacts(
