@@ -176,6 +176,7 @@ class EyeDiseaseClassifier(PythonModel):
             Telemetry,
             TelemetryConfig,
             install_shutdown_handler,
+            limit_http_retries,
             read_model_identity,
         )
 
@@ -184,11 +185,13 @@ class EyeDiseaseClassifier(PythonModel):
         self._serving = settings.in_scoring_server
         self._telemetry = None
         if config.active_here():
-            self._telemetry = Telemetry(config, read_model_identity(model_dir, settings))
             if settings.in_scoring_server:
-                # The scoring server's process is ours: deliver the last records on SIGTERM.
+                # The scoring server's process is ours: MLflow calls time out in seconds
+                # (telemetry is its only client), and SIGTERM delivers the last records.
+                limit_http_retries()
                 install_shutdown_handler()
-        # Telemetry computes the image statistics in its own thread, from the pixels.
+            self._telemetry = Telemetry(config, read_model_identity(model_dir, settings))
+        # Telemetry computes the image statistics from the pixels, then releases them.
         self._keep_pixels = self._telemetry is not None
 
     # -- scoring --------------------------------------------------------------------------

@@ -199,7 +199,7 @@ def test_a_session_delivers_its_records_and_metrics_when_closed(
     assert telemetry in shutdown._live
     telemetry.record(_rows(), request_id="r1", image_ids=["patient-1", "patient-2"])
     telemetry.record(_rows()[:1], request_id="r2", image_ids=None)
-    telemetry.close()
+    telemetry.close(timeout=60)  # a new SQLite store takes seconds to create its tables
     assert telemetry not in shutdown._live
     client = MlflowClient(tracking_store)
     run = client.get_run(telemetry.run_id)
