@@ -125,7 +125,7 @@ def session_lock(folder: Path, *, wait: bool) -> Iterator[IO[bytes] | None]:
         flags = fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB)
         try:
             fcntl.flock(handle, flags)
-        except BlockingIOError:
+        except OSError:  # taken (or no locks on this file system: never adopt blindly)
             yield None
             return
         yield handle
@@ -141,7 +141,10 @@ def own_session(folder: Path, manifest: SessionManifest) -> IO[bytes]:
     """
     folder.mkdir(parents=True, exist_ok=True)
     handle = open(folder / LOCK_NAME, "ab")  # noqa: SIM115
-    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:  # a file system without locks: the pid check still protects
+        logger.warning("telemetry could not lock %s (%s)", folder / LOCK_NAME, exc)
     manifest.write(folder)
     return handle
 
