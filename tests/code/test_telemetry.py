@@ -354,7 +354,7 @@ def test_sealing_and_the_failure_warning_go_on_while_tracking_is_down(
     from eye_model.telemetry import limit_http_retries
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "120")
-    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")  # restored after the test
     limit_http_retries()
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "5"
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
