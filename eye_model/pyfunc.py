@@ -191,7 +191,9 @@ class EyeDiseaseClassifier(PythonModel):
                 limit_http_retries()
                 install_shutdown_handler()
             self._telemetry = Telemetry(config, read_model_identity(model_dir, settings))
-        # Telemetry computes the image statistics from the pixels, then releases them.
+            # The image statistics are computed beside the network call (which releases
+            # the GIL), in a thread of their own; telemetry then releases the pixels.
+            self._stats_pool = ThreadPoolExecutor(1, thread_name_prefix="eye-model-stats")
         self._keep_pixels = self._telemetry is not None
 
     # -- scoring --------------------------------------------------------------------------
@@ -229,6 +231,7 @@ class EyeDiseaseClassifier(PythonModel):
 
     def _score_batch(self, batch: list[ScoredImage]) -> None:
         start = time.perf_counter()
+        stats = self._start_image_stats(batch)
         try:
             pixels = aligned_stack([_pixels_of(row) for row in batch])
             probabilities, embedding = self.runner.run(pixels)
@@ -237,6 +240,9 @@ class EyeDiseaseClassifier(PythonModel):
             for row in batch:
                 row.error = f"the model failed on this image ({type(exc).__name__}); retry later"
             return
+        finally:
+            if stats is not None:
+                stats.exception()  # wait; telemetry computes them itself if this failed
         share = (time.perf_counter() - start) * 1000.0 / len(batch)
         for row, prob, emb in zip(batch, probabilities, embedding, strict=True):
             row.probabilities = prob
@@ -244,6 +250,15 @@ class EyeDiseaseClassifier(PythonModel):
             row.network_ms = share
             if row.image is not None and not getattr(self, "_keep_pixels", False):
                 row.image.pixels = None  # nothing of the image is kept past this point
+
+    def _start_image_stats(self, batch: list[ScoredImage]) -> Future[None] | None:
+        """Telemetry's image statistics of ``batch``, computed while the network runs."""
+        pool = getattr(self, "_stats_pool", None)
+        if pool is None or not getattr(self, "_keep_pixels", False):
+            return None
+        from eye_model.telemetry.records import add_image_stats
+
+        return pool.submit(add_image_stats, batch)
 
     def score_images(
         self, values: Iterable[object], *, with_stats: bool = False

@@ -106,13 +106,20 @@ def image_stats(pixels: np.ndarray) -> dict[str, float]:
     }
 
 
-def release_pixels(rows: Sequence[Any]) -> None:
-    """Add the image statistics to each row's image, then drop its pixels."""
+def add_image_stats(rows: Sequence[Any]) -> None:
+    """Add :func:`image_stats` to each row's image that still holds pixels (once)."""
     for row in rows:
         image = row.image
-        if image is not None and image.pixels is not None:
+        if image is not None and image.pixels is not None and "img_brightness" not in image.stats:
             image.stats = {**image_stats(image.pixels), **image.stats}
-            image.pixels = None
+
+
+def release_pixels(rows: Sequence[Any]) -> None:
+    """Add the image statistics to each row's image (unless done), then drop its pixels."""
+    add_image_stats(rows)
+    for row in rows:
+        if row.image is not None:
+            row.image.pixels = None
 
 
 def _round(value: float, digits: int = 6) -> float:
