@@ -83,14 +83,25 @@ def main() -> int:
             for model in (on, off):
                 for _ in range(20):
                     model.predict(frame)
+            # Also time the request thread's own telemetry work (image statistics, records,
+            # the write to the log): the part of the difference that is not machine noise.
+            telemetry = on.unwrap_python_model()._telemetry
+            inside: list[float] = []
+            record = telemetry.record
+
+            def timed_record(*args, **kwargs):
+                start = time.perf_counter()
+                record(*args, **kwargs)
+                inside.append((time.perf_counter() - start) * 1000.0)
+
+            telemetry.record = timed_record
             times: dict[str, list[float]] = {"on": [], "off": []}
             for i in range(2 * args.requests):
                 name, model = ("on", on) if i % 2 == 0 else ("off", off)
                 start = time.perf_counter()
                 model.predict(frame)
                 times[name].append((time.perf_counter() - start) * 1000.0)
-            telemetry = on.unwrap_python_model()._telemetry
-            telemetry.close()
+            telemetry.close(timeout=120)  # deliver everything before the server stops
             delivered = telemetry.run_id is not None
         finally:
             tracking.stop()
@@ -104,6 +115,7 @@ def main() -> int:
     print(f"tracking off: p50 {p50_off:.3f} ms  p90 {p90_off:.3f} ms")
     print(f"tracking on : p50 {p50_on:.3f} ms  p90 {p90_on:.3f} ms  (run created: {delivered})")
     print(f"added by telemetry at p50: {added:+.3f} ms (ratio on/off {p50_on / p50_off:.3f})")
+    print(f"inside Telemetry.record (request thread): p50 {statistics.median(inside):.3f} ms")
     ok = added <= 1.0
     print(f"goal <= 1 ms at p50: {'PASS' if ok else 'FAIL'}")
     return 0 if ok or not args.strict else 1

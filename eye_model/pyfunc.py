@@ -187,6 +187,7 @@ class EyeDiseaseClassifier(PythonModel):
             Telemetry,
             TelemetryConfig,
             install_shutdown_handler,
+            limit_http_retries,
             read_model_identity,
         )
 
@@ -195,11 +196,15 @@ class EyeDiseaseClassifier(PythonModel):
         self._serving = settings.in_scoring_server
         self._telemetry = None
         if config.active_here():
-            self._telemetry = Telemetry(config, read_model_identity(model_dir, settings))
             if settings.in_scoring_server:
-                # The scoring server's process is ours: deliver the last records on SIGTERM.
+                # The scoring server's process is ours: MLflow calls time out in seconds
+                # (telemetry is its only client), and SIGTERM delivers the last records.
+                limit_http_retries()
                 install_shutdown_handler()
-        # Telemetry computes the image statistics in its own thread, from the pixels.
+            self._telemetry = Telemetry(config, read_model_identity(model_dir, settings))
+            # The image statistics are computed beside the network call (which releases
+            # the GIL), in a thread of their own; telemetry then releases the pixels.
+            self._stats_pool = ThreadPoolExecutor(1, thread_name_prefix="eye-model-stats")
         self._keep_pixels = self._telemetry is not None
 
     # -- scoring --------------------------------------------------------------------------
@@ -266,6 +271,7 @@ class EyeDiseaseClassifier(PythonModel):
 
     def _score_batch(self, batch: list[ScoredImage]) -> None:
         start = time.perf_counter()
+        stats = self._start_image_stats(batch)
         try:
             pixels = aligned_stack([_pixels_of(row) for row in batch])
             probabilities, embedding = self.runner.run(pixels)
@@ -274,6 +280,9 @@ class EyeDiseaseClassifier(PythonModel):
             for row in batch:
                 row.error = f"the model failed on this image ({type(exc).__name__}); retry later"
             return
+        finally:
+            if stats is not None:
+                stats.exception()  # wait; telemetry computes them itself if this failed
         share = (time.perf_counter() - start) * 1000.0 / len(batch)
         for row, prob, emb in zip(batch, probabilities, embedding, strict=True):
             row.probabilities = prob
@@ -281,6 +290,15 @@ class EyeDiseaseClassifier(PythonModel):
             row.network_ms = share
             if row.image is not None and not getattr(self, "_keep_pixels", False):
                 row.image.pixels = None  # nothing of the image is kept past this point
+
+    def _start_image_stats(self, batch: list[ScoredImage]) -> Future[None] | None:
+        """Telemetry's image statistics of ``batch``, computed while the network runs."""
+        pool = getattr(self, "_stats_pool", None)
+        if pool is None or not getattr(self, "_keep_pixels", False):
+            return None
+        from eye_model.telemetry.records import add_image_stats
+
+        return pool.submit(add_image_stats, batch)
 
     def score_images(
         self,

@@ -1,9 +1,10 @@
 """Session and recent-window metrics of one serving session.
 
-The writer thread counts every record (:meth:`SessionMetrics.count`), which also gives
-the record its ``count`` (the metric step of its per-prediction metrics). Every N
+The metrics thread counts every record (:meth:`SessionMetrics.count`); the inference log
+already gave each its ``count`` (the metric step of its per-prediction metrics). Every N
 predictions, every T seconds and at shutdown a snapshot of the session and window
-metrics is queued; the shipper delivers the queue in order.
+metrics is queued (at most :data:`MAX_PENDING_SNAPSHOTS`, the oldest dropped first while
+the tracking server is away); the shipper delivers the queue in order.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from typing import Any
 import numpy as np
 
 from eye_model.config import CLASS_NAMES
+
+#: Most snapshots kept for delivery; older ones are dropped while the tracking server is away.
+MAX_PENDING_SNAPSHOTS = 1000
 
 
 @dataclass
@@ -38,7 +42,7 @@ class _SessionState:
 class SessionMetrics:
     """Aggregates of a session's predictions and the snapshots waiting for delivery.
 
-    Thread-safe: the writer thread counts, the shipper thread takes snapshots.
+    Thread-safe: the metrics thread counts, the shipper thread takes snapshots.
     """
 
     def __init__(self, *, window_size: int, every_n: int, every_s: float) -> None:
@@ -57,15 +61,18 @@ class SessionMetrics:
         self._pending: list[tuple[int, dict[str, float]]] = []
 
     def count(self, records: list[dict[str, Any]]) -> None:
-        """Add records to the aggregates and number them (their ``count`` field, from 1).
+        """Add records to the aggregates.
 
-        Queues a snapshot when ``every_n`` predictions passed since the last one.
+        A record's ``count`` (given by the inference log) is the session's total so far,
+        so records left out of the aggregates (a full queue) still count in the total; a
+        record without one gets the next number. Queues a snapshot when ``every_n``
+        predictions passed since the last one.
         """
         with self._lock:
             state = self._state
             for record in records:
-                state.total += 1
-                record["count"] = state.total
+                state.total = max(state.total + 1, int(record.get("count") or 0))
+                record.setdefault("count", state.total)
                 state.sum_ms += record["inference_ms"]
                 if record["status"] == "ok":
                     state.scored += 1
@@ -98,7 +105,8 @@ class SessionMetrics:
     def delivered(self) -> None:
         """Forget the oldest snapshot: it was delivered."""
         with self._lock:
-            self._pending.pop(0)
+            if self._pending:
+                self._pending.pop(0)
 
     @property
     def has_pending(self) -> bool:
@@ -110,6 +118,7 @@ class SessionMetrics:
         if state.total == state.last_logged_total:
             return
         self._pending.append((state.total, self._snapshot_locked()))
+        del self._pending[:-MAX_PENDING_SNAPSHOTS]
         state.last_logged_total = state.total
         state.last_logged_at = time.monotonic()
 

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from types import FrameType
 from typing import Protocol
 
@@ -53,14 +54,19 @@ def unregister(session: Closable) -> None:
             _live.remove(session)
 
 
-def close_all() -> None:
-    """Close every registered session once, the oldest first, and forget them."""
+#: Seconds :func:`close_all` takes at most: SIGTERM must stop a server within 10 s.
+CLOSE_ALL_SECONDS = 6.0
+
+
+def close_all(timeout: float = CLOSE_ALL_SECONDS) -> None:
+    """Close every registered session once, the oldest first, in at most ``timeout`` s."""
+    deadline = time.monotonic() + timeout
     with _lock:
         sessions = list(_live)
         _live.clear()
     for session in sessions:
         try:
-            session.close()
+            session.close(max(0.5, deadline - time.monotonic()))
         except Exception:  # one session's failure must not keep the others' records
             logger.exception("telemetry could not close a session")
 

@@ -15,15 +15,20 @@ from eye_model.preprocess import decode_image
 from eye_model.pyfunc import ScoredImage
 from eye_model.settings import load_settings, settings_environ
 from eye_model.telemetry import (
+    RECOVERED_TAG,
     InferenceLog,
     ModelIdentity,
+    SessionManifest,
     SessionMetrics,
     Telemetry,
     TelemetryConfig,
     build_records,
+    dead_sessions,
+    image_stats,
     read_model_identity,
     shutdown,
 )
+from eye_model.telemetry.recorder import TICK_SECONDS as TICK
 from eye_model.uris import redact_uri
 from tests.helpers import draw_fundus_like, encode
 
@@ -199,7 +204,7 @@ def test_a_session_delivers_its_records_and_metrics_when_closed(
     assert telemetry in shutdown._live
     telemetry.record(_rows(), request_id="r1", image_ids=["patient-1", "patient-2"])
     telemetry.record(_rows()[:1], request_id="r2", image_ids=None)
-    telemetry.close()
+    telemetry.close(timeout=60)  # a new SQLite store takes seconds to create its tables
     assert telemetry not in shutdown._live
     client = MlflowClient(tracking_store)
     run = client.get_run(telemetry.run_id)
@@ -260,3 +265,231 @@ def test_sigterm_closes_every_session_then_chains_to_the_previous_handler() -> N
     )
     assert done.stdout.split() == ["closed", "previous"], done.stderr
     assert done.returncode == 3
+
+
+# -- crash safety (issue 15) and a safe close (issue 16) ------------------------------------
+
+
+def _pixel_rows(n: int = 1) -> list[ScoredImage]:
+    rows = []
+    for i in range(n):
+        image = decode_image(JPEG, 64)
+        rows.append(
+            ScoredImage(
+                index=i,
+                image=image,
+                probabilities=np.array([0.1, 0.2, 0.3, 0.4]),
+                embedding=np.arange(8, dtype=np.float32),
+            )
+        )
+    return rows
+
+
+def _dead_port() -> str:
+    from eye_model.stack import find_free_port
+
+    return f"http://127.0.0.1:{find_free_port()}"
+
+
+def test_request_path_stats_equal_the_reference_stats() -> None:
+    from eye_model.preprocess import compute_image_stats
+
+    for size, seed in ((64, 1), (224, 2), (97, 3)):
+        pixels = decode_image(encode(draw_fundus_like(300, seed=seed), "PNG"), size).pixels
+        fast, reference = image_stats(pixels), compute_image_stats(pixels)
+        assert fast.keys() == reference.keys()
+        for key, value in reference.items():
+            assert fast[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+def test_records_are_in_the_open_log_file_before_record_returns(tmp_path: Path) -> None:
+    config = TelemetryConfig(
+        tracking_uri=_dead_port(),
+        log_dir=tmp_path / "telemetry",
+        ship_interval=3600,
+        part_seconds=3600,
+    )
+    telemetry = Telemetry(config, ModelIdentity())
+    try:
+        rows = _pixel_rows(2)
+        telemetry.record(rows, request_id="r1", image_ids=None)
+        # No thread had to run: the request thread wrote and flushed the lines.
+        lines = (telemetry.log.folder / "current.jsonl").read_text().splitlines()
+        assert [json.loads(x)["count"] for x in lines] == [1, 2]
+        assert all(json.loads(x)["img_brightness"] > 0 for x in lines)
+        assert all(row.image.pixels is None for row in rows)  # no pixels kept
+        manifest = SessionManifest.read(telemetry.log.folder)
+        assert manifest.pid == os.getpid() and manifest.start_time > 0
+    finally:
+        telemetry.close(timeout=2)
+
+
+def test_a_full_queue_drops_the_oldest_with_a_count(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from eye_model.telemetry.recorder import Recorder
+
+    log = InferenceLog(tmp_path, part_records=1000)
+    session = SessionMetrics(window_size=10, every_n=1000, every_s=3600)
+    recorder = Recorder(ModelIdentity(), log, session, max_queued=5)  # thread not started
+    for request in range(4):
+        recorder.record(_pixel_rows(2), request_id=f"r{request}", image_ids=None)
+    assert recorder.dropped_records == 3  # 8 records, room for 5
+    queued = list(recorder._queue)
+    assert [r["count"] for r in queued] == [4, 5, 6, 7, 8]  # the newest are kept
+    assert not any(isinstance(v, np.ndarray) for r in queued for v in r.values())
+    with caplog.at_level(logging.WARNING):
+        recorder._drain()
+    assert "dropped_records=3" in caplog.text
+    assert session.next_pending() is None
+    session.queue_now()
+    assert session.next_pending()[1]["session_total_predictions"] == 8  # drops still count
+    # Every record is in the log all the same.
+    assert len(log.read_part(log.seal_if_due(force=True))) == 8
+
+
+def test_sealing_and_the_failure_warning_go_on_while_tracking_is_down(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from eye_model.telemetry import limit_http_retries
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "120")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")  # restored after the test
+    limit_http_retries()
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "5"
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
+    config = TelemetryConfig(
+        tracking_uri=_dead_port(),
+        log_dir=tmp_path / "telemetry",
+        ship_interval=0.2,
+        part_seconds=0.3,
+        max_backlog_records=3,
+    )
+    with caplog.at_level(logging.WARNING):
+        telemetry = Telemetry(config, ModelIdentity(), warn_every=3600)
+        for request in range(4):
+            telemetry.record(_pixel_rows(1), request_id=f"r{request}", image_ids=None)
+            time.sleep(0.5)  # each record sealed into its own part by age
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (
+            telemetry.health.warnings == 0 or telemetry.log.unsealed_records
+        ):
+            time.sleep(0.1)
+        assert telemetry.log.unsealed_records == 0  # sealed by age, no delivery needed
+        time.sleep(2 * TICK)
+        waiting = sum(len(InferenceLog.read_part(p)) for p in telemetry.log.pending_parts())
+        assert waiting <= 3 and telemetry.dropped_backlog_records == 4 - waiting  # bounded
+        started = time.monotonic()
+        telemetry.close()
+        assert time.monotonic() - started < 6
+    failing = [r.getMessage() for r in caplog.records if "delivery failing since" in r.message]
+    assert len(failing) == 1, failing  # rate-limited
+    assert "records waiting): MlflowException" in failing[0]
+    assert "delivered by the next serving process" in caplog.text
+
+
+def test_close_racing_a_flush_delivers_each_part_once(
+    tmp_path: Path, tracking_store: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import threading
+
+    from mlflow import MlflowClient
+
+    config = TelemetryConfig(
+        tracking_uri=tracking_store,
+        experiment_name="telemetry-race",
+        log_dir=tmp_path / "telemetry",
+        ship_interval=0.05,
+        part_records=1,  # one part per request
+        session_every_n=1,  # one snapshot per request
+    )
+    client = MlflowClient(tracking_store)
+    client.create_experiment("telemetry-race")  # the tables exist before the race
+    errors: list[BaseException] = []
+
+    def flush() -> None:
+        try:
+            telemetry.flush()
+        except BaseException as exc:
+            errors.append(exc)
+
+    with caplog.at_level(logging.DEBUG, logger="eye_model.telemetry"):
+        # Three deliverers at once: the shipper thread (every 50 ms), flush(), close().
+        telemetry = Telemetry(config, ModelIdentity())
+        for request in range(12):
+            telemetry.record(_rows()[:1], request_id=f"r{request}", image_ids=None)
+        time.sleep(TICK)
+        racer = threading.Thread(target=flush)
+        racer.start()
+        telemetry.close(timeout=60)
+        racer.join(60)
+    assert errors == []
+    assert "Traceback" not in caplog.text
+    runs = client.search_runs([client.get_experiment_by_name("telemetry-race").experiment_id])
+    assert len(runs) == 1
+    messages = [r.getMessage() for r in caplog.records]
+    delivered = [m.split()[2] for m in messages if "delivered part-" in m]
+    assert sorted(delivered) == [f"part-{i:05d}.jsonl" for i in range(12)]  # each once
+    history = client.get_metric_history(runs[0].info.run_id, "session_total_predictions")
+    steps = [m.step for m in history]
+    assert len(steps) == len(set(steps)) and max(steps) == 12  # each snapshot once
+    assert runs[0].info.status == "FINISHED"
+
+
+def _session_folder(root: Path, pid: int, start_time: int, name: str) -> Path:
+    import socket
+
+    folder = root / name
+    folder.mkdir(parents=True)
+    SessionManifest(
+        session_id=name,
+        host=socket.gethostname(),
+        pid=pid,
+        start_time=start_time,
+        started_at=time.time(),
+        identity=ModelIdentity(name="eye-disease-model", version="3"),
+    ).write(folder)
+    log = InferenceLog(folder)
+    log.append(build_records(_rows(), request_id="r", identity=ModelIdentity()))
+    log.seal_if_due(force=True)
+    log.append(build_records(_rows()[:1], request_id="s", identity=ModelIdentity()))
+    log.close()  # left unsealed, as a killed process leaves it
+    return folder
+
+
+def test_dead_sessions_are_adopted_and_live_ones_left_alone(
+    tmp_path: Path, tracking_store: str
+) -> None:
+    import subprocess
+    import sys
+    import threading
+
+    from mlflow import MlflowClient
+
+    from eye_model.stack.processes import process_identity
+    from eye_model.telemetry.adoption import adopt_dead_sessions
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    me = process_identity(os.getpid())
+    root = tmp_path / "telemetry"
+    dead = _session_folder(root, gone.pid, 1, "dead")
+    reused = _session_folder(root, os.getpid(), me.start_time + 1, "reused-pid")
+    alive = _session_folder(root, os.getpid(), me.start_time, "alive")
+    assert dead_sessions(root) == [dead, reused]
+    config = TelemetryConfig(tracking_uri=tracking_store, experiment_name="adoption")
+    assert adopt_dead_sessions(root, tmp_path / "none", config, threading.Event()) == 6
+    client = MlflowClient(tracking_store)
+    experiment = client.get_experiment_by_name("adoption")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 2
+    for run in runs:
+        assert run.info.status == "KILLED"
+        assert run.data.tags[RECOVERED_TAG] == "3"
+        assert run.data.tags["model_version"] == "3"
+        assert len(client.get_metric_history(run.info.run_id, "prediction_confidence")) == 2
+    assert sorted(run.data.tags["session_id"] for run in runs) == ["dead", "reused-pid"]
+    assert SessionManifest.read(dead).ended
+    assert dead_sessions(root) == []  # adopted once
+    assert (alive / "current.jsonl").exists()  # a live session is never touched
+    assert not (alive / "part-00001.jsonl").exists()

@@ -244,3 +244,98 @@ def test_two_workers_give_two_runs_whose_counts_add_up(
         client.get_run(r.info.run_id).data.metrics.get("session_total_predictions", 0) for r in runs
     ]
     assert sum(totals) == 40
+
+
+# -- crash safety (issue 15): a killed worker, a SIGTERM during an outage ---------------------
+
+
+def _session_folders(home: Path) -> list[Path]:
+    return sorted(p for p in (home / "telemetry").iterdir() if p.is_dir())
+
+
+def _delivered(client: MlflowClient, run_id: str, home: Path) -> list[dict[str, object]]:
+    return _records(client, run_id, home / f"dl-{time.monotonic()}")
+
+
+def test_a_killed_worker_loses_no_answered_prediction(
+    tiny_model_path: Path, tracking: TrackingServer, tmp_path: Path
+) -> None:
+    import os
+    import signal
+
+    from eye_model.telemetry import RECOVERED_TAG, SessionManifest
+
+    client = MlflowClient(tracking.url)
+    # Parts of 8 records, never sealed by age: 20 predictions leave 4 in the unsealed file.
+    env = _env(
+        tracking.url, tmp_path, EYE_MODEL_LOG_PART_SECONDS="3600", EYE_MODEL_LOG_PART_RECORDS="8"
+    )
+    server = ModelServer(tiny_model_path, tmp_path, env)
+    try:
+        answered = sum(len(server.predict(2)) for _ in range(10))
+        assert _wait_for(lambda: len(_serving_runs(client)) == 1, 30)
+        run_id = _serving_runs(client)[0].info.run_id
+        assert _wait_for(lambda: len(_delivered(client, run_id, tmp_path)) == 16, 30)
+        (folder,) = _session_folders(tmp_path)
+        manifest = SessionManifest.read(folder)
+        assert manifest.run_id == run_id
+        os.kill(manifest.pid, signal.SIGKILL)  # the worker that answered
+    finally:
+        server.stop()
+    assert answered == 20
+    assert client.get_run(run_id).info.status == "RUNNING"  # nobody ended it
+    second = ModelServer(tiny_model_path, tmp_path, env)
+    try:
+        assert _wait_for(lambda: client.get_run(run_id).info.status == "KILLED", 60)
+        records = _delivered(client, run_id, tmp_path)
+        history = client.get_metric_history(run_id, "prediction_confidence")
+    finally:
+        second.stop()
+    run = client.get_run(run_id)
+    assert run.data.tags[RECOVERED_TAG] == "4"
+    assert sorted(r["count"] for r in records) == list(range(1, 21))
+    assert sorted(m.step for m in history) == list(range(1, 21))
+    assert len(_serving_runs(client)) == 1  # delivered into the original run, no new one
+    assert SessionManifest.read(folder).ended
+
+
+def test_sigterm_during_an_outage_is_quick_and_the_next_start_delivers(
+    tiny_model_path: Path, tracking: TrackingServer, tmp_path: Path
+) -> None:
+    import os
+    import signal
+
+    from eye_model.stack.processes import wait_group_gone
+    from eye_model.telemetry import RECOVERED_TAG
+
+    client = MlflowClient(tracking.url)
+    env = _env(tracking.url, tmp_path)
+    server = ModelServer(tiny_model_path, tmp_path, env)
+    try:
+        for _ in range(5):
+            server.predict(1)
+        assert _wait_for(lambda: len(_serving_runs(client)) == 1, 30)
+        run_id = _serving_runs(client)[0].info.run_id
+        assert _wait_for(lambda: len(_delivered(client, run_id, tmp_path)) == 5, 30)
+        tracking.stop()
+        for _ in range(5):
+            assert server.predict(1)[0]["error"] is None
+        time.sleep(2)  # sealed by age and failing to deliver
+        started = time.monotonic()
+        os.killpg(server.process.pid, signal.SIGTERM)  # as `stack down` or Docker stops it
+        assert wait_group_gone(server.process.pid, 10.0, server.process)
+        stopped_in = time.monotonic() - started
+    finally:
+        server.stop()
+    assert stopped_in <= 10.0
+    log = server.log.read_text()
+    assert "telemetry delivery failing since" in log
+    assert "delivered by the next serving process" in log
+    tracking.start()
+    second = ModelServer(tiny_model_path, tmp_path, env)
+    try:
+        assert _wait_for(lambda: len(_delivered(client, run_id, tmp_path)) == 10, 60)
+        assert _wait_for(lambda: client.get_run(run_id).info.status == "FINISHED", 30)
+    finally:
+        second.stop()
+    assert client.get_run(run_id).data.tags[RECOVERED_TAG] == "5"
