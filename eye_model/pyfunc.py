@@ -186,6 +186,7 @@ class EyeDiseaseClassifier(PythonModel):
         from eye_model.telemetry import (
             Telemetry,
             TelemetryConfig,
+            complete_model_identity,
             install_shutdown_handler,
             limit_http_retries,
             read_model_identity,
@@ -201,7 +202,10 @@ class EyeDiseaseClassifier(PythonModel):
                 # (telemetry is its only client), and SIGTERM delivers the last records.
                 limit_http_retries()
                 install_shutdown_handler()
-            self._telemetry = Telemetry(config, read_model_identity(model_dir, settings))
+            identity = read_model_identity(model_dir, settings)
+            if settings.in_scoring_server:
+                identity = complete_model_identity(identity, settings)
+            self._telemetry = Telemetry(config, identity)
             # The image statistics are computed beside the network call (which releases
             # the GIL), in a thread of their own; telemetry then releases the pixels.
             self._stats_pool = ThreadPoolExecutor(1, thread_name_prefix="eye-model-stats")

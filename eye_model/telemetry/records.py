@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from PIL import Image
 from eye_model.config import CLASS_NAMES
 from eye_model.settings import Settings
 
+logger = logging.getLogger(__name__)
 request_logger = logging.getLogger("eye_model.requests")
 
 #: Version of the record layout (``schema`` field of every record).
@@ -63,6 +64,49 @@ def read_model_identity(model_dir: Path | None, settings: Settings) -> ModelIden
         source_run_id=run_id,
         logged_model_id=model_id,
     )
+
+
+def complete_model_identity(identity: ModelIdentity, settings: Settings) -> ModelIdentity:
+    """Fill in the registered name and version however the model was served.
+
+    ``eye-model serve`` names them already; ``stack up`` passes the model URI it was asked
+    for (``models:/name/Production``), resolved here with the registry's one resolver; a
+    plain ``mlflow models serve -m models:/…`` only leaves the training run id in the
+    MLmodel file, so the version registered from that run is looked up (the Production one
+    when several are). Called once when the server starts; when the registry cannot be
+    asked, the identity stays as it was, with a warning.
+    """
+    if identity.name and identity.version:
+        return identity
+    from mlflow import MlflowClient
+
+    from eye_model.registry import find_registered_version, quiet_stage_deprecation
+
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    try:
+        found = find_registered_version(identity.uri, client)
+        if found is not None:
+            return replace(identity, name=found.name, version=found.version, uri=found.uri)
+        if not identity.source_run_id:
+            return identity
+        with quiet_stage_deprecation():
+            versions = client.search_model_versions(f"run_id = '{identity.source_run_id}'")
+        if not versions:
+            return identity
+        best = max(versions, key=lambda v: (v.current_stage == "Production", int(v.version)))
+        return replace(
+            identity,
+            name=best.name,
+            version=str(best.version),
+            uri=f"models:/{best.name}/{best.version}",
+        )
+    except Exception as exc:  # the registry down or refusing: serve anyway, say what is missing
+        logger.warning(
+            "could not look up the registered name and version of the served model (%s); "
+            "serving runs will not name them",
+            str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__,
+        )
+        return identity
 
 
 _LEVELS = np.arange(256, dtype=np.float64)

@@ -308,13 +308,27 @@ def test_plain_mlflow_models_serve_by_alias(
         "--env-manager",
         "local",
     ]
-    process = start_process(command, log_path=tmp_path / "plain.log")
+    env = {
+        **os.environ,
+        "MLFLOW_EXPERIMENT_NAME": "plain-serving",
+        "EYE_MODEL_TELEMETRY_DIR": str(tmp_path / "telemetry"),
+    }
+    process = start_process(command, log_path=tmp_path / "plain.log", env=env)
     try:
         wait_for_http(f"http://127.0.0.1:{port}/ping", timeout=180, process=process)
         answer = _answer(f"http://127.0.0.1:{port}", sample_images)
     finally:
         stop_process(process)
     np.testing.assert_allclose(answer, _expected(f"models:/{NAME}/2", sample_images), atol=1e-6)
+    # Served without eye-model's help, the serving run still names the registered version.
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("plain-serving")
+    assert experiment is not None, (tmp_path / "plain.log").read_text()[-3000:]
+    (run,) = client.search_runs([experiment.experiment_id], "tags.role = 'serving'")
+    assert run.data.tags["model_name"] == NAME
+    assert run.data.tags["model_version"] == "2"
+    assert run.data.tags["model_uri"] == f"models:/{NAME}/2"
+    assert run.data.tags["source_run_id"] == versions["v2"].split("/")[1]
 
 
 def test_fallback_to_the_local_copy_when_the_tracking_server_is_down(
