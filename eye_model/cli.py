@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from click.types import BoolParamType
 
-from eye_model.config import ENV_MANAGERS, SERVING_PORT, TRACKING_PORT
+from eye_model.config import ALIASES, ENV_MANAGERS, SERVING_PORT, TRACKING_PORT
 
 if TYPE_CHECKING:
     from eye_model.settings import Settings
@@ -156,7 +156,12 @@ def synthesize(out_dir: str, per_class: int, image_size: int, seed: int) -> None
     help="Model URI or folder; empty: resolved from ENABLE_MODEL_REGISTRY, MLFLOW_MODEL_NAME, "
     "MODEL_STAGE, MODEL_VERSION, with EYE_MODEL_LOCAL_MODEL as fallback.",
 )
-@click.option("--alias", default="", help="Serve models:/<name>@<alias> (champion, challenger).")
+@click.option(
+    "--alias",
+    type=click.Choice(["", *ALIASES]),
+    default="",
+    help="Serve models:/<name>@<alias> (champion: Production, challenger: Staging).",
+)
 @click.option("--port", "-p", type=int, default=SERVING_PORT, help="Port of the REST API.")
 @click.option("--host", default="127.0.0.1", help="Interface to listen on (0.0.0.0: all).")
 @click.option(

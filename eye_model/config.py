@@ -39,3 +39,6 @@ ENV_MANAGERS: tuple[str, ...] = ("local", "virtualenv", "uv", "conda")
 
 #: Artifact folder of a serving run that holds its inference-log parts.
 INFERENCE_LOG_ARTIFACT_DIR = "inference_log"
+
+#: The registry aliases eye-model keeps in step with the stages (Production, Staging).
+ALIASES: tuple[str, ...] = ("champion", "challenger")

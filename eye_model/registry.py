@@ -25,6 +25,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from eye_model.config import ALIASES
 from eye_model.settings import Settings, env_name, load_settings, temporary_environ
 from eye_model.uris import redact_uri
 
@@ -33,9 +34,9 @@ logger = logging.getLogger(__name__)
 #: Stages a version can be moved to.
 STAGES: tuple[str, ...] = ("Staging", "Production", "Archived")
 #: Alias kept on the Production version.
-CHAMPION = "champion"
+CHAMPION = ALIASES[0]
 #: Alias kept on the newest Staging version.
-CHALLENGER = "challenger"
+CHALLENGER = ALIASES[1]
 #: Largest drop of macro-F1 against Production that the gate lets through.
 DEFAULT_TOLERANCE = 0.01
 #: Seed and size of the synthetic evaluation set used when no eval_data_dir is given.

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from eye_model.config import (
+    ALIASES,
     DEFAULT_EXPERIMENT_NAME,
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
@@ -247,8 +248,8 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
         "MODEL_ALIAS",
         "model_alias",
         "",
-        "alias served from the registry (overrides stage and version)",
-        _text(),
+        "alias served from the registry (`champion` or `challenger`; overrides stage and version)",
+        lambda value: parse_choice(value, name="MODEL_ALIAS", default="", choices=ALIASES),
     ),
     EnvVar(
         "EYE_MODEL_LOCAL_MODEL",
