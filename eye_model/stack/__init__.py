@@ -14,6 +14,8 @@ Modules, one idea each:
 - :mod:`~eye_model.stack.processes`: starting, waiting for and stopping processes, and
   pid files checked against the process's start time and command line;
 - :mod:`~eye_model.stack.services`: starting, stopping and reporting the two services;
+- :mod:`~eye_model.stack.supervisor`: keeping the model server up (restarts, their
+  causes and counts), with :mod:`~eye_model.stack.process_tree` watching its workers;
 - :mod:`~eye_model.stack.backup`: backup and restore of the stores.
 """
 
@@ -65,6 +67,7 @@ from eye_model.stack.config import (
 from eye_model.stack.processes import (
     ProcessIdentity,
     find_free_port,
+    local_url,
     mlflow_executable,
     process_identity,
     read_pid_file,
@@ -120,6 +123,7 @@ __all__ = [
     "find_free_port",
     "is_local_path",
     "local_path",
+    "local_url",
     "locate_stores",
     "mlflow_executable",
     "model_server_environment",
