@@ -268,6 +268,16 @@ def test_a_dead_worker_is_counted_while_its_server_replaces_it(
     assert f"worker {victim} killed by SIGKILL; uvicorn starts a new one" in supervised.text()
     assert _answers(supervised.url)
 
+    # Without their parent the workers would hold the port: the restart stops them first.
+    orphans = list(workers)
+    os.kill(master, signal.SIGKILL)
+    _wait_for(lambda: supervised.state.get("restarts") == 2, 15, "the second restart")
+    assert str(supervised.state["last_cause"]).endswith("exit $? exited with code 137")
+    supervised.wait_running()
+    assert supervised.server_pid() != shell
+    assert not any(_alive(pid) for pid in orphans)
+    assert _answers(supervised.url)
+
 
 def _cmdline(pid: int) -> str:
     try:
