@@ -243,14 +243,17 @@ class Supervisor:
                 return 0
 
     def _start(self) -> _Run:
-        process = subprocess.Popen(
-            self.command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=self.env,
-            start_new_session=True,
-            preexec_fn=PARENT_DEATH_SIGNAL,
-        )
+        try:
+            process = subprocess.Popen(
+                self.command,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=self.env,
+                start_new_session=True,
+                preexec_fn=PARENT_DEATH_SIGNAL,
+            )
+        except OSError as exc:  # no such program, not executable
+            raise _GiveUp(f"{self.name}: cannot run {self.command[0]}: {exc.strerror}") from None
         run = _Run(process, time.monotonic())
         for source, target in ((process.stdout, sys.stdout), (process.stderr, sys.stderr)):
             thread = threading.Thread(target=self._forward, args=(source, target, run), daemon=True)

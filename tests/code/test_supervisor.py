@@ -297,3 +297,17 @@ def test_the_supervisor_module_runs_as_a_program_without_warnings() -> None:
     assert result.returncode == 0
     assert "--health-url" in result.stdout
     assert result.stderr == ""  # no "found in sys.modules" warning from runpy
+
+
+def test_a_missing_program_is_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        supervised_command([str(tmp_path / "no-such-server")], name="test server"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "Error: test server: cannot run" in result.stderr
+    assert "No such file or directory" in result.stderr
