@@ -172,17 +172,26 @@ def synthesize(out_dir: str, per_class: int, image_size: int, seed: int) -> None
 )
 @click.option("--workers", "-w", type=int, default=1, help="uvicorn worker processes.")
 def serve(model_uri: str, alias: str, port: int, host: str, env_manager: str, workers: int) -> None:
-    """Serve a model with `mlflow models serve` (POST images to /invocations)."""
+    """Serve a model with `mlflow models serve` (POST images to /invocations).
+
+    A supervisor keeps it up: a server or worker that dies is restarted (cause logged);
+    SIGTERM or Ctrl-C stops everything within 10 s.
+    """
     from eye_model.registry import RegistryError, resolve_serving_model
     from eye_model.settings import settings_environ
-    from eye_model.stack import build_serve_command, server_environment
+    from eye_model.stack import build_serve_command, local_url, server_environment
+    from eye_model.stack.supervisor import supervised_command
 
     try:
         resolved = resolve_serving_model(alias=alias, model_uri=model_uri)
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from None
-    command = build_serve_command(
-        resolved.uri, port=port, host=host, env_manager=env_manager, workers=workers
+    command = supervised_command(
+        build_serve_command(
+            resolved.uri, port=port, host=host, env_manager=env_manager, workers=workers
+        ),
+        name="model server",
+        health_url=f"{local_url(host, port)}/ping",
     )
     click.echo(
         f"serving {resolved.uri} ({resolved.source}: {resolved.reason}) on http://{host}:{port}",
@@ -197,6 +206,8 @@ def serve(model_uri: str, alias: str, port: int, host: str, env_manager: str, wo
         )
     )
     sys.stdout.flush()
+    # The supervisor replaces this process: the pid a user, systemd or Docker started
+    # stays the one to signal, without this process's imports in memory.
     os.execvpe(command[0], command, env)
 
 
@@ -419,6 +430,7 @@ def stack() -> None:
 @click.option(
     "--allowed-hosts", default=None, help="Host headers the tracking server answers (a,b,c)."
 )
+@click.option("--workers", "-w", type=int, default=1, help="Model server worker processes.")
 def stack_up(
     model_uri: str,
     home: str | None,
@@ -430,8 +442,12 @@ def stack_up(
     artifacts_destination: str | None,
     auth_db_uri: str | None,
     allowed_hosts: str | None,
+    workers: int,
 ) -> None:
     """Start the servers (those already running are kept) and wait until they are healthy.
+
+    The model server runs under a supervisor that restarts it when it or a worker dies;
+    `stack status` shows the restarts and their last cause.
 
     The production profile reads the admin password from EYE_MODEL_ADMIN_PASSWORD_FILE,
     EYE_MODEL_ADMIN_PASSWORD, MLFLOW_AUTH_ADMIN_PASSWORD or MLFLOW_TRACKING_PASSWORD.
@@ -475,7 +491,9 @@ def stack_up(
                 # The served model's telemetry names what it was asked for (the registered
                 # name and version are resolved from it inside the server).
                 env.update(settings_environ(served_uri=model_uri, served_source="stack"))
-                url = start_model_server(paths, model_uri, port=serving_port, host=host, env=env)
+                url = start_model_server(
+                    paths, model_uri, port=serving_port, host=host, workers=workers, env=env
+                )
                 click.echo(f"model server: {url}/invocations serving {model_uri}")
     except RuntimeError as exc:  # StackError, or a server that did not start (log tail)
         raise click.ClickException(str(exc)) from None
@@ -496,7 +514,7 @@ def stack_down(home: str | None) -> None:
 @stack.command("status")
 @click.option("--home", default=None, help="State folder (default EYE_MODEL_HOME or .eye-model).")
 def stack_status_command(home: str | None) -> None:
-    """Print which servers run, as JSON; exit 1 when none does."""
+    """Print which servers run and the model server's restarts, as JSON; exit 1 when none runs."""
     from eye_model.stack import stack_status
 
     status = stack_status(_stack_settings(home)[1])

@@ -14,6 +14,8 @@ Modules, one idea each:
 - :mod:`~eye_model.stack.processes`: starting, waiting for and stopping processes, and
   pid files checked against the process's start time and command line;
 - :mod:`~eye_model.stack.services`: starting, stopping and reporting the two services;
+- :mod:`~eye_model.stack.supervisor`: keeping the model server up (restarts, their
+  causes and counts), with :mod:`~eye_model.stack.process_tree` watching its workers;
 - :mod:`~eye_model.stack.databases`: dumping, restoring and emptying the databases;
 - :mod:`~eye_model.stack.manifest`: the manifest of a backup folder, checked on reading;
 - :mod:`~eye_model.stack.backup`: backup and restore of the stores, all or nothing.
@@ -67,6 +69,7 @@ from eye_model.stack.config import (
 from eye_model.stack.processes import (
     ProcessIdentity,
     find_free_port,
+    local_url,
     mlflow_executable,
     process_identity,
     read_pid_file,
@@ -123,6 +126,7 @@ __all__ = [
     "find_free_port",
     "is_local_path",
     "local_path",
+    "local_url",
     "locate_stores",
     "mlflow_executable",
     "model_server_environment",

@@ -87,6 +87,10 @@ class StackPaths:
     def log_file(self, service: str) -> Path:
         return self.logs / f"{service}.log"
 
+    def supervisor_file(self, service: str) -> Path:
+        """What the supervisor of ``service`` records: its restarts and their causes."""
+        return self.home / f"{service}.supervisor.json"
+
 
 def is_local_path(location: str) -> bool:
     """Whether an artifact location is a folder on this machine (a path or ``file://``)."""

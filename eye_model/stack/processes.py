@@ -37,6 +37,11 @@ def find_free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def local_url(host: str, port: int) -> str:
+    """The URL this machine reaches a server on that listens on ``host``:``port``."""
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+
+
 def mlflow_executable() -> list[str]:
     """The ``mlflow`` command of this interpreter's environment."""
     candidate = Path(sys.executable).with_name("mlflow")

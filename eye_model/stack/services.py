@@ -41,6 +41,7 @@ from eye_model.stack.config import (
 )
 from eye_model.stack.databases import create_private_file, sqlite_path
 from eye_model.stack.processes import (
+    local_url,
     read_pid_file,
     server_environment,
     start_process,
@@ -164,13 +165,33 @@ def stop_service(paths: StackPaths, service: str, *, grace: float = 20.0) -> boo
     return was_running
 
 
-def stack_status(paths: StackPaths) -> dict[str, int | None]:
-    """The pid of each service, None where it is not running (stale pid files are removed)."""
-    return {service: read_pid_file(paths.pid_file(service)) for service in SERVICES}
+def stack_status(paths: StackPaths) -> dict[str, dict[str, object] | None]:
+    """What runs: None for a service that does not (stale pid files are removed).
+
+    A running service is ``{"pid": ...}``; the model server adds what its supervisor
+    records: ``server_pid`` (the current ``mlflow models serve``), ``state``,
+    ``restarts``, ``last_restart`` (ISO 8601, UTC) and ``last_cause``.
+    """
+    # Imported here: `python -m eye_model.stack.supervisor` must find it not yet imported.
+    from eye_model.stack.supervisor import read_supervisor_state
+
+    status: dict[str, dict[str, object] | None] = {}
+    for service in SERVICES:
+        pid = read_pid_file(paths.pid_file(service))
+        if pid is None:
+            status[service] = None
+            continue
+        running: dict[str, object] = {"pid": pid}
+        if service == "model":
+            recorded = read_supervisor_state(paths.supervisor_file(service), pid) or {}
+            for key in ("server_pid", "state", "restarts", "last_restart", "last_cause"):
+                running[key] = recorded.get(key)
+        status[service] = running
+    return status
 
 
 def _reachable_url(host: str, port: int) -> str:
-    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    return local_url(host, port)
 
 
 def tracking_server_launch(
@@ -369,11 +390,22 @@ def start_model_server(
     workers: int = 1,
     env: dict[str, str] | None = None,
 ) -> str:
-    """Start ``mlflow models serve`` for ``model_uri``; returns its base URL."""
-    command = build_serve_command(
-        model_uri, port=port, host=host, env_manager=env_manager, workers=workers
-    )
+    """Start ``mlflow models serve`` for ``model_uri`` under a supervisor; returns its base URL.
+
+    The supervisor (:mod:`eye_model.stack.supervisor`) restarts the server when it or
+    a worker dies and records the restarts for :func:`stack_status`.
+    """
+    from eye_model.stack.supervisor import supervised_command
+
     url = _reachable_url(host, port)
+    command = supervised_command(
+        build_serve_command(
+            model_uri, port=port, host=host, env_manager=env_manager, workers=workers
+        ),
+        name="model server",
+        health_url=f"{url}/ping",
+        state_file=paths.supervisor_file("model"),
+    )
     start_service(
         paths, "model", command, f"{url}/ping", timeout=600, env=env, unset=_MODEL_SERVER_UNSET
     )

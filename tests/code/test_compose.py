@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import configparser
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from eye_model.stack import (
     mlflow_executable,
     render_auth_config,
 )
+from eye_model.stack.supervisor import supervised_command
 from eye_model.uris import split_password
 
 COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
@@ -115,16 +117,24 @@ def test_tracking_command_is_the_stacks(services: dict[str, Any]) -> None:
     assert "/mlflow/auth" in mounts
 
 
-def test_model_command_is_the_stacks(services: dict[str, Any]) -> None:
+def test_model_command_is_the_stacks_supervised_server(services: dict[str, Any]) -> None:
     command = interpolate(services["model"]["command"])
-    expected = build_serve_command(
+    serve = build_serve_command(
         f"models:/{DEFAULT_MODEL_NAME}/Production",
         port=SERVING_PORT,
         host="0.0.0.0",
         env_manager="local",
         workers=1,
     )
-    assert command == ["mlflow", *_without_executable(expected)]
+    expected = supervised_command(
+        ["mlflow", *_without_executable(serve)],
+        name="model server",
+        health_url=f"http://127.0.0.1:{SERVING_PORT}/ping",
+    )
+    assert expected[0] == sys.executable
+    assert command == ["python", *expected[1:]]
+    # Inside the container, an init process forwards `docker compose stop` to it.
+    assert services["model"]["init"] is True
     chosen = interpolate(
         services["model"]["command"], {"MLFLOW_MODEL_NAME": "other", "MODEL_STAGE": "Staging"}
     )
@@ -202,3 +212,11 @@ def test_health_checks_use_the_servers_own_endpoints(services: dict[str, Any]) -
     assert f"localhost:{TRACKING_PORT}/health" in tracking
     assert f"localhost:{SERVING_PORT}/ping" in model
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
+    # Docker restarts every service that exits; each one is health-checked.
+    for name, service in services.items():
+        assert service["restart"] == "unless-stopped", name
+        check = service["healthcheck"]
+        assert check["test"] and not check.get("disable", False), name
+        assert int(check["retries"]) >= 3, name
+        for key in ("interval", "timeout"):
+            assert re.fullmatch(r"\d+s", check[key]), f"{name}: {key} {check[key]!r}"

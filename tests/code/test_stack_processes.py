@@ -95,7 +95,17 @@ def test_a_correct_pid_file_stops_the_process(tmp_path: Path, start_sleep: Start
     process = start_sleep()
     paths = StackPaths(tmp_path)
     write_pid_file(paths.pid_file("model"), process.pid)
-    assert stack_status(paths) == {"tracking": None, "model": process.pid}
+    model = stack_status(paths)["model"]
+    assert stack_status(paths)["tracking"] is None
+    # No supervisor state file for this process: its restarts are unknown.
+    assert model == {
+        "pid": process.pid,
+        "server_pid": None,
+        "state": None,
+        "restarts": None,
+        "last_restart": None,
+        "last_cause": None,
+    }
     assert stop_service(paths, "model", grace=5.0) is True
     assert process.poll() is not None
     assert process_identity(process.pid) is None
