@@ -29,7 +29,13 @@ from eye_model.registry import (
     register_model,
     rollback,
 )
-from eye_model.stack import find_free_port, start_process, stop_process, wait_for_http
+from eye_model.stack import (
+    find_free_port,
+    server_environment,
+    start_process,
+    stop_process,
+    wait_for_http,
+)
 from eye_model.synthetic import generate_dataset
 from tests.conftest import TrainedModel
 from tests.helpers import TrackingServer, b64
@@ -308,11 +314,12 @@ def test_plain_mlflow_models_serve_by_alias(
         "--env-manager",
         "local",
     ]
-    env = {
-        **os.environ,
-        "MLFLOW_EXPERIMENT_NAME": "plain-serving",
-        "EYE_MODEL_TELEMETRY_DIR": str(tmp_path / "telemetry"),
-    }
+    env = server_environment(
+        {
+            "MLFLOW_EXPERIMENT_NAME": "plain-serving",
+            "EYE_MODEL_TELEMETRY_DIR": str(tmp_path / "telemetry"),
+        }
+    )
     process = start_process(command, log_path=tmp_path / "plain.log", env=env)
     try:
         wait_for_http(f"http://127.0.0.1:{port}/ping", timeout=180, process=process)
