@@ -83,50 +83,54 @@ def parse_bool(value: str | bool | None, *, name: str = "value", default: bool =
     raise SettingsError(f"{name}={value!r} is not a boolean; set it to true or false")
 
 
-def parse_positive_int(value: str | int | None, *, name: str, default: int) -> int:
-    """Parse a positive whole number, naming the setting in the error."""
+def _parse_number(
+    value: str | float | None,
+    *,
+    name: str,
+    default: float,
+    kind: type[int] | type[float],
+    minimum: float,
+    inclusive: bool,
+) -> Any:
+    """Parse a number of ``kind`` (int or float) at or above (or above) ``minimum``."""
     if value is None or str(value).strip() == "":
         return default
+    what = "a whole number" if kind is int else "a number"
+    bound = f"{'at least' if inclusive else 'above'} {minimum:g}"
     try:
-        number = int(str(value).strip())
+        number = kind(str(value).strip())
     except ValueError:
         raise SettingsError(
-            f"{name}={value!r} is not a whole number; set it to a positive whole number "
-            f"(default {default}) or unset it"
+            f"{name}={value!r} is not {what}; set it to {what} {bound} "
+            f"(default {default:g}) or unset it"
         ) from None
-    if number <= 0:
-        raise SettingsError(f"{name}={value!r} must be above 0; the default is {default}")
+    too_small = number < minimum if inclusive else not number > minimum
+    if too_small or number == float("inf"):
+        raise SettingsError(f"{name}={value!r} must be {bound}; the default is {default:g}")
+    return number
+
+
+def parse_positive_int(value: str | int | None, *, name: str, default: int) -> int:
+    """Parse a positive whole number, naming the setting in the error."""
+    number: int = _parse_number(
+        value, name=name, default=default, kind=int, minimum=0, inclusive=False
+    )
     return number
 
 
 def parse_non_negative_int(value: str | int | None, *, name: str, default: int) -> int:
     """Parse a whole number that may be 0 (0 usually means "automatic")."""
-    if value is None or str(value).strip() == "":
-        return default
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        raise SettingsError(
-            f"{name}={value!r} is not a whole number; set it to 0 or more or unset it"
-        ) from None
-    if number < 0:
-        raise SettingsError(f"{name}={value!r} must be 0 or more")
+    number: int = _parse_number(
+        value, name=name, default=default, kind=int, minimum=0, inclusive=True
+    )
     return number
 
 
 def parse_positive_float(value: str | float | None, *, name: str, default: float) -> float:
-    """Parse a positive number (seconds, for example), naming the setting in the error."""
-    if value is None or str(value).strip() == "":
-        return default
-    try:
-        number = float(str(value).strip())
-    except ValueError:
-        raise SettingsError(
-            f"{name}={value!r} is not a number; set it to a positive number "
-            f"(default {default:g}) or unset it"
-        ) from None
-    if not number > 0 or number == float("inf"):
-        raise SettingsError(f"{name}={value!r} must be a finite number above 0")
+    """Parse a positive finite number (seconds, for example), naming the setting in the error."""
+    number: float = _parse_number(
+        value, name=name, default=default, kind=float, minimum=0.0, inclusive=False
+    )
     return number
 
 

@@ -6,6 +6,8 @@ import base64
 import io
 import struct
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -127,3 +129,36 @@ def sixteen_bit_rgba_png(side: int) -> bytes:
         + chunk(b"IDAT", b"".join(parts))
         + chunk(b"IEND", b"")
     )
+
+
+@contextmanager
+def serving_without_tracking(model_path: Path, log: Path) -> Iterator[str]:
+    """`mlflow models serve` of a model folder on a free port, telemetry off; yields its URL.
+
+    Telemetry has its own tests: these servers must not write into a test's store. The
+    server is always stopped, and must be gone afterwards.
+    """
+    import pytest
+
+    from eye_model.stack import (
+        build_serve_command,
+        find_free_port,
+        server_environment,
+        start_process,
+        stop_process,
+        wait_for_http,
+    )
+
+    port = find_free_port()
+    command = build_serve_command(str(model_path), port=port, env_manager="local")
+    env = server_environment({"ENABLE_MLFLOW_TRACKING": "false"})
+    process = start_process(command, log_path=log, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/ping", timeout=180, process=process)
+        yield url
+    except RuntimeError:
+        pytest.fail(f"model server did not start:\n{log.read_text()[-3000:]}")
+    finally:
+        stop_process(process)
+    assert process.poll() is not None

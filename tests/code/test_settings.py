@@ -52,6 +52,8 @@ def test_unset_variables_give_the_dataclass_defaults() -> None:
     [
         ("EYE_MODEL_BATCH_SIZE", "abc", "EYE_MODEL_BATCH_SIZE='abc' is not a whole number"),
         ("EYE_MODEL_BATCH_SIZE", "0", "EYE_MODEL_BATCH_SIZE='0' must be above 0"),
+        ("EYE_MODEL_SHIP_INTERVAL", "inf", "EYE_MODEL_SHIP_INTERVAL='inf' must be above 0"),
+        ("EYE_MODEL_DECODE_THREADS", "-1", "EYE_MODEL_DECODE_THREADS='-1' must be at least 0"),
         ("EYE_MODEL_SHIP_INTERVAL", "soon", "EYE_MODEL_SHIP_INTERVAL='soon' is not a number"),
         ("ENABLE_MLFLOW_TRACKING", "maybe", "ENABLE_MLFLOW_TRACKING='maybe' is not a boolean"),
         ("EYE_MODEL_TELEMETRY", "sometimes", "EYE_MODEL_TELEMETRY='sometimes' is not one of"),

@@ -19,26 +19,14 @@ from eye_model.stack import (
     stop_process,
     wait_for_http,
 )
-from tests.helpers import b64, draw_fundus_like, encode
+from tests.helpers import b64, draw_fundus_like, encode, serving_without_tracking
 
 
 @pytest.fixture(scope="module")
 def server_url(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = find_free_port()
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    command = build_serve_command(str(tiny_model_path), port=port, env_manager="local")
-    # Telemetry has its own tests; this server must not write into a test's store.
-    env = server_environment({"ENABLE_MLFLOW_TRACKING": "false"})
-    process = start_process(command, log_path=log, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/ping", timeout=180, process=process)
+    with serving_without_tracking(tiny_model_path, log) as url:
         yield url
-    except RuntimeError:
-        pytest.fail(f"model server did not start:\n{log.read_text()[-3000:]}")
-    finally:
-        stop_process(process)
-    assert process.poll() is not None
 
 
 def _mixed_rows() -> list[list[object]]:

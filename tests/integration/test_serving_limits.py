@@ -14,35 +14,16 @@ from pathlib import Path
 import pytest
 import requests
 
-from eye_model.stack import (
-    build_serve_command,
-    find_free_port,
-    server_environment,
-    start_process,
-    stop_process,
-    wait_for_http,
-)
-from tests.helpers import b64, sixteen_bit_rgba_png
+from tests.helpers import b64, serving_without_tracking, sixteen_bit_rgba_png
 
 
 @pytest.fixture(scope="module")
 def default_server(
     tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    port = find_free_port()
     log = tmp_path_factory.mktemp("serve-limits") / "server.log"
-    command = build_serve_command(str(tiny_model_path), port=port, env_manager="local")
-    env = server_environment({"ENABLE_MLFLOW_TRACKING": "false"})
-    process = start_process(command, log_path=log, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/ping", timeout=180, process=process)
+    with serving_without_tracking(tiny_model_path, log) as url:
         yield url
-    except RuntimeError:
-        pytest.fail(f"model server did not start:\n{log.read_text()[-3000:]}")
-    finally:
-        stop_process(process)
-    assert process.poll() is not None
 
 
 @pytest.mark.slow
