@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +14,26 @@ import pytest
 
 # Quiet TensorFlow's C++ start-up chatter in test output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+_SCRATCH: list[str] = []
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Run the session in a scratch folder, never in the working tree.
+
+    MLflow puts the artifacts of a SQLite store in ``./mlruns`` and the stack's state in
+    ``./.eye-model``, relative to the working folder of the test and of every server it
+    starts: without this they would land in the repository.
+    """
+    _SCRATCH.append(tempfile.mkdtemp(prefix="eye-model-tests-"))
+    os.chdir(_SCRATCH[0])
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Leave the scratch folder and remove it."""
+    if _SCRATCH:
+        os.chdir(session.config.rootpath)
+        shutil.rmtree(_SCRATCH.pop(), ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
