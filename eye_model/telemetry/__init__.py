@@ -47,7 +47,6 @@ from eye_model.telemetry.records import (
     ModelIdentity,
     build_records,
     complete_model_identity,
-    image_stats,
     log_request,
     read_model_identity,
 )
@@ -73,7 +72,6 @@ __all__ = [
     "check_model_server",
     "close_all",
     "dead_sessions",
-    "image_stats",
     "install_shutdown_handler",
     "limit_http_retries",
     "log_request",
