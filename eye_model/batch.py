@@ -26,8 +26,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TextIO
 
-from eye_model.config import ENV_MANAGERS, PROB_COLUMNS
-from eye_model.pyfunc import IMAGE_COLUMN, OUTPUT_COLUMNS
+from eye_model.config import ENV_MANAGERS
+from eye_model.pyfunc import IMAGE_COLUMN, OUTPUT_COLUMNS, TEXT_COLUMNS
 from eye_model.settings import settings_environ
 
 if TYPE_CHECKING:
@@ -41,14 +41,8 @@ IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "bmp", "tif", "tiff",
 BATCH_OUTPUT_COLUMNS: tuple[str, ...] = ("path", *OUTPUT_COLUMNS)
 #: Spark type of the UDF's result: the REST API's columns (no ``image_id``: none is sent).
 RESULT_TYPE = ", ".join(
-    [
-        "predicted_class string",
-        "confidence double",
-        *(f"{column} double" for column in PROB_COLUMNS),
-        "error string",
-    ]
+    f"{column} {'string' if column in TEXT_COLUMNS else 'double'}" for column in OUTPUT_COLUMNS
 )
-_STRING_COLUMNS = frozenset({"predicted_class", "error"})
 
 #: Rows per Arrow batch, i.e. images per ``predict`` call (a multiple of the pyfunc's 32).
 #: Spark also caps a batch at ``spark.sql.execution.arrow.maxBytesPerBatch`` (64 MiB).
@@ -315,7 +309,7 @@ def score_images(images: DataFrame, udf: Any, *, env_manager: str = "local") -> 
     columns = []
     for column in OUTPUT_COLUMNS:
         value = F.col(f"prediction.{column}")
-        if column in _STRING_COLUMNS:
+        if column in TEXT_COLUMNS:
             # spark_udf casts a string column holding both None and text with astype(str), so
             # a null arrives as the text "None" (no class name or message is ever that text).
             value = F.nullif(value, F.lit("None"))

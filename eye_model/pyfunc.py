@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,17 @@ IMAGE_COLUMN = "image"
 #: Name of the optional input column echoed back in the output.
 IMAGE_ID_COLUMN = "image_id"
 #: Output columns, in order (``image_id`` first when the input had it).
-OUTPUT_COLUMNS: tuple[str, ...] = ("predicted_class", "confidence", *PROB_COLUMNS, "error")
+OUTPUT_COLUMNS: tuple[str, ...] = (
+    "predicted_class",
+    "confidence",
+    *PROB_COLUMNS,
+    "fundus_check",
+    "ood_score",
+    "warning",
+    "error",
+)
+#: Output columns that hold text (the others are numbers 0-1 or ``ood_score``).
+TEXT_COLUMNS = frozenset({"predicted_class", "fundus_check", "warning", "error"})
 #: Most images one decode task takes (fewer when that leaves a decoding thread idle).
 DECODE_CHUNK = 8
 
@@ -68,6 +78,17 @@ class ScoredImage:
     embedding: np.ndarray | None = None
     decode_ms: float = 0.0
     network_ms: float = 0.0
+    #: ``pass``, the reason the image is not a gradable fundus photograph, or None (not checked).
+    fundus_check: str | None = None
+    #: Distance from the training data; >= 1.0 is beyond the validation split's 99th percentile.
+    ood_score: float | None = None
+    #: Cautions for a scored row (shown joined by "; " in ``warning``).
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def output_warning(self) -> str | None:
+        """The output's ``warning``: None, or the row's cautions joined by "; "."""
+        return "; ".join(self.warnings) if self.warnings else None
 
     @property
     def output_error(self) -> str | None:
@@ -85,10 +106,16 @@ class ScoredImage:
         """The one projection of a scored row onto the output columns (all but ``image_id``).
 
         ``predicted_class``, ``confidence`` (0-1, the top probability), ``prob_<class>``
-        (0-1) and ``error``; a row that was not scored has nulls and its error. The REST
-        records, the in-process DataFrame and the inference log are all built from this.
+        (0-1), ``fundus_check``, ``ood_score``, ``warning`` and ``error``; a row that was not
+        scored has a null class and probabilities, and its error. The REST records, the
+        in-process DataFrame and the inference log are all built from this.
         """
         error = self.output_error
+        checks = {
+            "fundus_check": self.fundus_check,
+            "ood_score": self.ood_score,
+            "warning": self.output_warning,
+        }
         if error is None and self.probabilities is not None:
             probabilities = self.probabilities.tolist()
             top = max(range(len(probabilities)), key=probabilities.__getitem__)
@@ -97,17 +124,24 @@ class ScoredImage:
                 "confidence": probabilities[top],
             }
             fields.update(zip(_prob_columns(class_names), probabilities, strict=True))
+            fields.update(checks)
             fields["error"] = None
             return fields
         failed: dict[str, Any] = dict.fromkeys(
             ["predicted_class", "confidence", *_prob_columns(class_names)]
         )
+        failed.update(checks)
         failed["error"] = error
         return failed
 
 
 def _prob_columns(class_names: Sequence[str]) -> list[str]:
     return [f"prob_{name}" for name in class_names]
+
+
+def _empty_columns(class_names: Sequence[str]) -> list[str]:
+    """The output columns (all but ``image_id``) for models with these classes."""
+    return list(ScoredImage(index=0).output_fields(class_names))
 
 
 def _pixels_of(row: ScoredImage) -> np.ndarray:
@@ -158,8 +192,10 @@ class EyeDiseaseClassifier(PythonModel):
     Output: one row per input row, in the same order, with ``image_id`` (when
     given), ``predicted_class``, ``confidence`` (0-1, the probability of the
     predicted class), ``prob_cataract``, ``prob_diabetic_retinopathy``,
-    ``prob_glaucoma``, ``prob_normal`` (0-1, summing to 1) and ``error`` (null,
-    or a message naming the problem and the fix; the class and probabilities
+    ``prob_glaucoma``, ``prob_normal`` (0-1, summing to 1), ``fundus_check``
+    (``pass`` or why the image is not a gradable fundus photograph), ``ood_score``
+    (>= 1.0: unlike the training data), ``warning`` (null or cautions) and ``error``
+    (null, or a message naming the problem and the fix; the class and probabilities
     are then null). A bad row never fails the other rows.
     """
 
@@ -472,9 +508,10 @@ def build_output_frame(rows: list[ScoredImage], class_names: list[str]) -> pd.Da
     records = [row.output_fields(class_names) for row in rows]
     all_scored = all(record["error"] is None for record in records)
     columns: dict[str, Any] = {}
-    for column in ("predicted_class", "confidence", *_prob_columns(class_names), "error"):
+    for column in records[0] if records else _empty_columns(class_names):
         values = [record[column] for record in records]
-        if column in ("predicted_class", "error") or not all_scored:
+        complete = all_scored and all(value is not None for value in values)
+        if column in TEXT_COLUMNS or not complete:
             # dtype=object keeps None as None: pandas 3 would otherwise infer str with NaN.
             columns[column] = pd.Series(values, dtype=object)
         else:
@@ -499,6 +536,9 @@ def build_signature() -> ModelSignature:
             ColSpec("string", "predicted_class", required=False),
             ColSpec("double", "confidence", required=False),
             *(ColSpec("double", column, required=False) for column in PROB_COLUMNS),
+            ColSpec("string", "fundus_check", required=False),
+            ColSpec("double", "ood_score", required=False),
+            ColSpec("string", "warning", required=False),
             ColSpec("string", "error", required=False),
         ]
     )

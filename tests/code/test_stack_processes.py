@@ -12,6 +12,7 @@ import json
 import logging
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -42,6 +43,14 @@ def start_sleep() -> Iterator[Starter]:
     def start() -> subprocess.Popen[bytes]:
         process = start_process(["sleep", "60"])
         started.append(process)
+        # Just after exec the kernel may show an empty command line for a moment (the pid
+        # file writer waits for it the same way).
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            identity = process_identity(process.pid)
+            if identity is not None and identity.command:
+                break
+            time.sleep(0.01)
         return process
 
     yield start

@@ -19,7 +19,10 @@ MAX_MODULE_LINES = 700
 #: Prefix of eye-model's own environment variables.
 SETTING_PREFIX = "EYE_MODEL_"
 #: Modules that may spell a setting's variable name: the settings table and the CLI's help.
-SETTING_NAME_MODULES = frozenset({"eye_model.settings", "eye_model.cli"})
+#: The modules that may spell setting names: settings, and the command line (help texts).
+SETTING_NAME_MODULES = frozenset(
+    {"eye_model.settings", "eye_model.cli", "eye_model.cli_options", "eye_model.cli_stack"}
+)
 
 
 def find_modules(root: Path) -> dict[str, Path]:
