@@ -37,6 +37,7 @@ from eye_model.config import PROB_COLUMNS
 from eye_model.decode_budget import MemoryBudget, RequestGate
 from eye_model.inference import ModelConfig, aligned_stack, shared_runner
 from eye_model.metrics import observe_batch, observe_request
+from eye_model.ood import OOD_THRESHOLD, OOD_WARNING
 from eye_model.preprocess import Base64Text, FundusImage, ImageError, decode_image
 from eye_model.settings import Settings, env_name, load_settings
 
@@ -334,7 +335,7 @@ class EyeDiseaseClassifier(PythonModel):
         stats = self._start_image_stats(batch)
         try:
             pixels = aligned_stack([_pixels_of(row) for row in batch])
-            probabilities, embedding = self.runner.run(pixels)
+            probabilities, embedding, ood = self.runner.run(pixels)
         except Exception as exc:  # a network failure costs this batch, never the request
             logger.exception("network failed on a batch of %d images", len(batch))
             for row in batch:
@@ -345,9 +346,13 @@ class EyeDiseaseClassifier(PythonModel):
                 stats.exception()  # wait; telemetry computes them itself if this failed
         observe_batch(len(batch))
         share = (time.perf_counter() - start) * 1000.0 / len(batch)
-        for row, prob, emb in zip(batch, probabilities, embedding, strict=True):
+        scores = [None] * len(batch) if ood is None else ood.tolist()
+        for row, prob, emb, score in zip(batch, probabilities, embedding, scores, strict=True):
             row.probabilities = prob
             row.embedding = emb
+            row.ood_score = score
+            if score is not None and score >= OOD_THRESHOLD:
+                row.warnings.append(OOD_WARNING)
             row.network_ms = share
             if row.image is not None and not getattr(self, "_keep_pixels", False):
                 row.image.pixels = None  # nothing of the image is kept past this point

@@ -37,6 +37,7 @@ from eye_model.evaluate import (
     score_files,
 )
 from eye_model.inference import ModelConfig, NetworkRunner
+from eye_model.ood import OOD_THRESHOLD, fit_ood_statistics
 from eye_model.pyfunc import log_model
 from eye_model.runs import log_new_params
 from eye_model.settings import load_settings
@@ -137,13 +138,15 @@ def build_reference_profile(runner: NetworkRunner, images: ImageSet) -> pd.DataF
     """Per-image profile of held-out data, in the columns the serving side logs.
 
     Columns: ``label``, ``predicted_class``, ``confidence``, ``prob_<class>``, the image
-    statistics and ``emb_0`` … ``emb_7``. No pixels, no file names.
+    statistics, ``emb_0`` … ``emb_7`` and ``ood_score`` (NaN for a model without its
+    out-of-distribution statistics). No pixels, no file names.
     """
-    probabilities, embedding = [], []
+    probabilities, embedding, ood = [], [], []
     for start in range(0, len(images), 64):
-        p, e = runner.run(images.pixels[start : start + 64])
+        p, e, o = runner.run(images.pixels[start : start + 64])
         probabilities.append(p)
         embedding.append(e)
+        ood.append(np.full(len(p), np.nan) if o is None else o)
     probs = np.concatenate(probabilities)
     emb = np.concatenate(embedding)
     frame = pd.DataFrame(probs, columns=list(PROB_COLUMNS))
@@ -153,6 +156,7 @@ def build_reference_profile(runner: NetworkRunner, images: ImageSet) -> pd.DataF
     frame = pd.concat([frame, images.stats.reset_index(drop=True)], axis=1)
     for k in range(emb.shape[1]):
         frame[f"emb_{k}"] = emb[:, k]
+    frame["ood_score"] = np.concatenate(ood)
     return frame
 
 
@@ -294,12 +298,19 @@ def run_training(config: TrainConfig) -> TrainResult:
         _log_figure(plot_reliability(dataset.test.labels, before, after), "plots/reliability.png")
 
         mean, projection = fit_embedding_projection(val_embedding)
+        # Out-of-distribution statistics: class means and covariance of the training split,
+        # the normalisation (ood_score 1.0 = 99th percentile) of the validation split.
+        _, train_embedding = _logits_and_embeddings(network, dataset.train.pixels)
+        ood = fit_ood_statistics(
+            train_embedding, dataset.train.labels, val_logits, val_embedding, len(CLASS_NAMES)
+        )
         model_config = ModelConfig(
             image_size=config.image_size,
             temperature=temperature,
             backbone=config.backbone,
             embedding_mean=mean.tolist(),
             embedding_projection=projection.tolist(),
+            ood=ood.to_dict(),
             extra={"data": dataset.description, "synthetic": synthetic},
         )
         runner = NetworkRunner(network, model_config)
@@ -316,6 +327,10 @@ def run_training(config: TrainConfig) -> TrainResult:
         probabilities = scored[list(PROB_COLUMNS)].to_numpy(dtype=float)
         metrics = classification_metrics(dataset.test.labels, probabilities)
         metrics["test_ece"] = expected_calibration_error(probabilities, dataset.test.labels)
+        # Share of the (held-out) test split flagged as unlike the training data: about 0.01.
+        metrics["test_ood_share"] = float(
+            (scored["ood_score"].astype(float) >= OOD_THRESHOLD).mean()
+        )
         mlflow.log_metrics(metrics)
         labels_text = np.asarray(CLASS_NAMES)[dataset.test.labels]
         mlflow.models.evaluate(

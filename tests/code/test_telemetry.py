@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from eye_model.ood import OOD_WARNING
 from eye_model.preprocess import decode_image
 from eye_model.pyfunc import ScoredImage
 from eye_model.settings import load_settings, settings_environ
@@ -178,6 +179,33 @@ def test_session_metrics_number_records_and_queue_every_n() -> None:
     session.count([_record(confidence=0.6)])
     session.queue_now()
     assert session.next_pending()[0] == 7
+
+
+def test_records_and_session_metrics_carry_the_ood_score() -> None:
+    """The inference log keeps ood_score and the warning; the window logs the share at or
+    above 1.0 and the mean; a model without the score logs neither metric."""
+    rows = _rows()
+    rows[0].ood_score = 1.25
+    rows[0].warnings.append(OOD_WARNING)
+    good, bad = build_records(rows, request_id="r", identity=ModelIdentity())
+    assert good["ood_score"] == 1.25
+    assert good["warning"] == OOD_WARNING
+    assert bad["status"] == "error" and bad.get("ood_score") is None
+    session = SessionMetrics(window_size=4, every_n=4, every_s=3600)
+    scores = [0.2, 1.0, 3.0, -0.2]
+    session.count([{**_record(), "ood_score": score} for score in scores])
+    _, metrics = session.next_pending()
+    assert metrics["recent_ood_share"] == pytest.approx(0.5)  # 1.0 and 3.0
+    assert metrics["recent_avg_ood_score"] == pytest.approx(1.0)
+    session.delivered()
+    session.count([good, bad])  # the window keeps the last 4: 3.0, -0.2, 1.25 and the error
+    session.queue_now()
+    _, metrics = session.next_pending()
+    assert metrics["recent_ood_share"] == pytest.approx(2 / 3)
+    old_model = SessionMetrics(window_size=4, every_n=2, every_s=3600)
+    old_model.count([_record(), {**_record(), "ood_score": None}])
+    _, metrics = old_model.next_pending()
+    assert "recent_ood_share" not in metrics and "recent_avg_ood_score" not in metrics
 
 
 def test_session_metrics_queue_when_stale() -> None:
