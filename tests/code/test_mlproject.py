@@ -99,6 +99,7 @@ def test_entry_points_of_the_contract_exist() -> None:
         "learning_rate",
         "seed",
         "register_as",
+        "folds",
     }
     assert ENTRY_POINTS["main"] == ENTRY_POINTS["train"]
     assert set(ENTRY_POINTS["batch_score"]["parameters"]) >= {
