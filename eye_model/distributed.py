@@ -119,6 +119,12 @@ class TrainingPlacement:
         """The strategy's scope: build and compile the network inside it."""
         return self.strategy.scope()
 
+    def prepare(self, network: Any) -> Any:
+        """Make a compiled network ready to ``fit`` under this placement; returns it."""
+        if self.kind == "multi_worker":
+            _build_from_local_batch(network)
+        return network
+
     def single_device(self, network: Any, build: Callable[[], Any]) -> Any:
         """A plain float32 copy of a network trained under this placement.
 
@@ -156,6 +162,54 @@ class TrainingPlacement:
         }
 
 
+# Keras 3 (through 3.15 at least) cannot fit under MultiWorkerMirroredStrategy
+# (keras-team/keras issue 20585): it averages the first input batch across workers to
+# build the model, and averages scalar metrics along an axis they do not have. The two
+# functions below replace those steps; tests/model/test_distributed.py trains two
+# workers, so a Keras release that changes them fails there.
+
+
+def _build_from_local_batch(network: Any) -> None:
+    """Build the optimizer and metrics from this worker's share of the first batch."""
+    import types
+
+    from keras.src import tree
+
+    def maybe_symbolic_build(self: Any, iterator: Any = None, data_batch: Any = None) -> None:
+        strategy = self.distribute_strategy
+        if iterator is not None:
+            for _, _, batches in iterator:
+                data_batch = tree.map_structure(
+                    lambda x: strategy.experimental_local_results(x)[0], next(batches)
+                )
+                break
+        with strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    network._maybe_symbolic_build = types.MethodType(maybe_symbolic_build, network)
+
+
+def _average_scalar_metrics_across_workers() -> None:
+    """Average each step's metrics over all workers (every worker then sees the same logs)."""
+    from keras.src import tree
+    from keras.src.backend.tensorflow import trainer
+
+    original = trainer.reduce_per_replica
+    if getattr(original, "eye_model_patch", False):
+        return
+
+    def reduce_per_replica(values: Any, strategy: Any, reduction: str) -> Any:
+        if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(strategy):
+            return tree.map_structure(
+                lambda v: strategy.reduce("MEAN", v, axis=None if v.shape.rank == 0 else 0),
+                values,
+            )
+        return original(values, strategy, reduction)
+
+    reduce_per_replica.eye_model_patch = True  # type: ignore[attr-defined]
+    trainer.reduce_per_replica = reduce_per_replica
+
+
 _PLACEMENT: list[TrainingPlacement] = []
 
 
@@ -181,6 +235,7 @@ def training_placement(tf_config: str = "") -> TrainingPlacement:
     if task is not None:
         # Reads TF_CONFIG itself (TensorFlow's own resolver), as every worker must.
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        _average_scalar_metrics_across_workers()
         placement = TrainingPlacement(
             "multi_worker", strategy, task.is_chief, strategy.num_replicas_in_sync
         )

@@ -162,6 +162,7 @@ def fit_network(
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
         )
+    placement.prepare(network)
     train_ds = make_tf_dataset(train, batch_size=config.batch_size, training=True, seed=config.seed)
     val_ds = make_tf_dataset(validation, batch_size=64, training=False)
     all_callbacks = [
