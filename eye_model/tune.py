@@ -140,7 +140,18 @@ def validation_macro_f1(network: Any, validation: ImageSet) -> float:
     return classification_metrics(validation.labels, probabilities, prefix="")["macro_f1"]
 
 
-def _pruning_reporter(trial: Any, validation: ImageSet) -> Any:
+def pruner() -> Any:
+    """Optuna's median pruner: two full trials set the median; trials are judged from epoch 2.
+
+    Steps are epochs counted from 1, and Optuna judges no step below ``n_warmup_steps``:
+    the first epoch is too noisy to stop a trial on.
+    """
+    import optuna
+
+    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)
+
+
+def pruning_reporter(trial: Any, validation: ImageSet) -> Any:
     """A Keras callback: report the validation macro-F1 each epoch; stop a pruned trial."""
     import keras
 
@@ -195,14 +206,12 @@ def run_tuning(config: TuneConfig) -> TuneResult:
     study = optuna.create_study(
         direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=config.seed),
-        # Two full trials set the median; a trial is judged from its second epoch on (steps
-        # are epochs counted from 1, and Optuna skips steps below n_warmup_steps).
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2),
+        pruner=pruner(),
     )
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest_params(trial, config)
-        reporter = _pruning_reporter(trial, dataset.validation)
+        reporter = pruning_reporter(trial, dataset.validation)
         with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True):
             mlflow.set_tags({"role": "tuning_trial", "tuning.trial": str(trial.number)})
             mlflow.log_params(params)

@@ -93,3 +93,40 @@ def test_a_tiny_study_logs_nested_trials_and_the_best_on_the_parent(tmp_path: Pa
     for trial, history in zip(trials, reported, strict=True):
         epochs = 3 if trial.data.tags["tuning.state"] == "complete" else 2
         assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(1, epochs + 1))
+
+
+@pytest.mark.slow
+def test_a_trial_below_the_median_stops_early(tracking_store: str) -> None:
+    """Two earlier trials scored above any reachable figure: the third is pruned at epoch 2."""
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    from eye_model.data import ImageSet
+    from eye_model.train import TrainConfig, fit_network
+    from eye_model.tune import OBJECTIVE, pruner, pruning_reporter
+
+    study = optuna.create_study(direction="maximize", pruner=pruner())
+    for _ in range(2):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={}, distributions={}, value=1.5, intermediate_values={1: 1.5, 2: 1.5, 3: 1.5}
+            )
+        )
+    rng = np.random.default_rng(0)
+
+    def images(n: int) -> ImageSet:
+        pixels = rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8)
+        return ImageSet(pixels, np.arange(n) % 4, pd.DataFrame(index=range(n)), [])
+
+    train, validation = images(32), images(16)
+    reporter = pruning_reporter(study.ask(), validation)
+    config = TrainConfig(image_size=32, epochs=4, batch_size=16, seed=1)
+    with mlflow.start_run() as run:
+        fitted = fit_network(config, train, validation, callbacks=[reporter])
+    assert reporter.pruned_at == 2
+    assert len(fitted.history["loss"]) == 2  # the fit stopped there, not at epoch 4
+    history = mlflow.MlflowClient(tracking_store).get_metric_history(
+        run.info.run_id, f"epoch_{OBJECTIVE}"
+    )
+    assert sorted(m.step for m in history) == [1, 2]
