@@ -98,3 +98,53 @@ def test_two_workers_train_the_model_one_worker_would(tmp_path: Path) -> None:
     assert single["test_macro_f1"] >= 0.5
     # Every worker ran every epoch: their step counts are the global batch's.
     assert run.data.metrics["epochs_run"] == single_run.data.metrics["epochs_run"]
+
+
+MIRRORED_SCRIPT = """
+import json, numpy as np, pandas as pd, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from eye_model.data import ImageSet
+from eye_model.distributed import TrainingPlacement
+from eye_model.train import TrainConfig, fit_network
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+placement = TrainingPlacement("mirrored", strategy, True, strategy.num_replicas_in_sync)
+rng = np.random.default_rng(0)
+def images(n):
+    return ImageSet(rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8), np.arange(n) % 4,
+                    pd.DataFrame(index=range(n)), [])
+fitted = fit_network(TrainConfig(image_size=32, epochs=2, batch_size=16), images(32), images(16),
+                     placement=placement, log_epochs=False)
+logits = np.asarray(fitted.network(np.zeros((2, 32, 32, 3), np.float32), training=False))
+print(json.dumps({
+    "replicas": strategy.num_replicas_in_sync,
+    "distributed": any(isinstance(w.value, tf.distribute.DistributedValues)
+                       for w in fitted.network.weights),
+    "epochs": len(fitted.history["loss"]),
+    "finite": bool(np.isfinite(logits).all()), "shape": list(logits.shape),
+}))
+"""
+
+
+@pytest.mark.slow
+def test_mirrored_training_returns_a_plain_network(tmp_path: Path) -> None:
+    """Two replicas in one process (two logical CPUs, as two GPUs would be): the network
+    leaving training holds plain variables, ready to calibrate and log."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run(
+        [sys.executable, "-c", MIRRORED_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary == {
+        "replicas": 2,
+        "distributed": False,
+        "epochs": 2,
+        "finite": True,
+        "shape": [2, 4],
+    }
