@@ -542,6 +542,8 @@ class Settings:
     mlflow_run_id: str = ""
     #: The experiment ``mlflow run`` or ``mlflow.set_experiment`` chose (``MLFLOW_EXPERIMENT_ID``).
     mlflow_experiment_id: str = ""
+    #: TensorFlow's cluster description (``TF_CONFIG``): training runs on its workers.
+    tf_config: str = ""
 
     @property
     def telemetry_dir(self) -> Path:
@@ -570,6 +572,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     )
     values["mlflow_run_id"] = env.get("MLFLOW_RUN_ID", "")
     values["mlflow_experiment_id"] = env.get("MLFLOW_EXPERIMENT_ID", "")
+    values["tf_config"] = env.get("TF_CONFIG", "")
     return Settings(**values)
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from eye_model.data import (
     make_tf_dataset,
     prepare_synthetic_data,
 )
+from eye_model.distributed import TrainingPlacement, training_placement
 from eye_model.evaluate import (
     calibrated_probabilities,
     classification_metrics,
@@ -60,6 +62,7 @@ class TrainConfig:
         learning_rate: Adam's learning rate.
         seed: seed of data generation, split, initialisation and augmentation.
         register_as: register the model under this name; empty → do not register.
+        folds: k-fold cross-validation as nested runs before the final fit; 0 → off.
     """
 
     data_dir: str = ""
@@ -72,6 +75,7 @@ class TrainConfig:
     learning_rate: float = 2e-3
     seed: int = 42
     register_as: str = ""
+    folds: int = 0
 
 
 @dataclass
@@ -84,11 +88,12 @@ class TrainResult:
     registered_version: str | None = None
 
 
-def build_callbacks(calibration_pixels: np.ndarray) -> list[Any]:
+def build_callbacks(calibration_pixels: np.ndarray, *, log_epochs: bool = True) -> list[Any]:
     """Keras callbacks: BatchNorm recalibration before each validation, and MLflow logging.
 
     Args:
         calibration_pixels: un-augmented training images for the BatchNorm statistics.
+        log_epochs: log each epoch's metrics to the active MLflow run.
     """
     import keras
 
@@ -105,7 +110,82 @@ def build_callbacks(calibration_pixels: np.ndarray) -> list[Any]:
             metrics = {f"epoch_{k}": float(v) for k, v in (logs or {}).items()}
             mlflow.log_metrics(metrics, step=epoch + 1)
 
-    return [RecalibrateBatchNorm(), EpochLogger()]
+    return [RecalibrateBatchNorm(), EpochLogger()] if log_epochs else [RecalibrateBatchNorm()]
+
+
+@dataclass
+class FitResult:
+    """A fitted network (float32, on one device), its Keras history and the fit's duration."""
+
+    network: Any
+    history: dict[str, list[float]]
+    seconds: float
+
+
+def fit_network(
+    config: TrainConfig,
+    train: ImageSet,
+    validation: ImageSet,
+    *,
+    placement: TrainingPlacement | None = None,
+    log_epochs: bool = True,
+    callbacks: Sequence[Any] = (),
+) -> FitResult:
+    """Build, compile and fit the network of ``config`` (the recipe every caller shares).
+
+    Training, each cross-validation fold and each tuning trial fit through here.
+
+    Args:
+        config: backbone, weights, image size, epochs, batch size, learning rate, seed.
+        train: the images to fit.
+        validation: the images that judge each epoch (early stopping).
+        placement: the distribution strategy; None → this process's placement.
+        log_epochs: log each epoch's metrics to the active MLflow run.
+        callbacks: more Keras callbacks (e.g. a tuning trial's pruning).
+
+    Returns:
+        The network with the best weights and BatchNorm statistics of all of ``train``.
+    """
+    import keras
+
+    from eye_model.network import build_network, recalibrate_batchnorm
+
+    placement = placement or training_placement()
+
+    def build() -> Any:
+        return build_network(config.backbone, config.image_size, config.weights)
+
+    keras.utils.set_random_seed(config.seed)
+    with placement.scope():
+        network = build()
+        network.compile(
+            optimizer=keras.optimizers.Adam(config.learning_rate),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+    placement.prepare(network)
+    train_ds = make_tf_dataset(train, batch_size=config.batch_size, training=True, seed=config.seed)
+    val_ds = make_tf_dataset(validation, batch_size=64, training=False)
+    all_callbacks = [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=4, restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2, min_lr=1e-5),
+        *build_callbacks(train.pixels[:256], log_epochs=log_epochs),
+        *callbacks,
+    ]
+    start = time.perf_counter()
+    history = network.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=config.epochs,
+        class_weight=class_weights(train.labels),
+        callbacks=all_callbacks,
+        verbose=2,
+    )
+    seconds = time.perf_counter() - start
+    network = placement.single_device(network, build)
+    # The best weights are restored; give them statistics of the whole training split.
+    recalibrate_batchnorm(network, train.pixels)
+    return FitResult(network, dict(history.history), seconds)
 
 
 def _logits_and_embeddings(network: Any, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -202,11 +282,11 @@ def run_training(config: TrainConfig) -> TrainResult:
     Returns:
         The run id, the logged model's URI, the test metrics and the registered version.
     """
-    import keras
-
-    from eye_model.network import build_network, recalibrate_batchnorm
-
     settings = load_settings()
+    # First: a cluster's strategy must exist before other TensorFlow work.
+    placement = training_placement(settings.tf_config)
+    if config.folds and placement.kind == "multi_worker":
+        raise ValueError("folds: cross-validation runs on one machine; unset TF_CONFIG for it")
     mlflow.set_tracking_uri(settings.tracking_uri)
     if not settings.mlflow_run_id:
         mlflow.set_experiment(settings.experiment_name)
@@ -219,6 +299,12 @@ def run_training(config: TrainConfig) -> TrainResult:
             )
         )
     dataset = load_dataset(data_dir, config.image_size, seed=config.seed)
+    if not placement.is_chief:
+        # A worker of a cluster: the same fit in step with the chief, which logs it.
+        fit_network(
+            config, dataset.train, dataset.validation, placement=placement, log_epochs=False
+        )
+        return TrainResult(run_id="", model_uri="", metrics={})
 
     with mlflow.start_run() as run:
         mlflow.set_tags(
@@ -226,6 +312,7 @@ def run_training(config: TrainConfig) -> TrainResult:
                 "role": "training",
                 "data.source": "synthetic" if synthetic else "folder",
                 "backbone": config.backbone,
+                **placement.tags(),
             }
         )
         log_new_params(run.info.run_id, asdict(config))
@@ -239,40 +326,22 @@ def run_training(config: TrainConfig) -> TrainResult:
             }
         )
         mlflow.log_dict(dataset.description, "data_description.json")
+        if config.folds:
+            from eye_model.crossval import concat_image_sets, run_cross_validation
 
-        keras.utils.set_random_seed(config.seed)
-        network = build_network(config.backbone, config.image_size, config.weights)
-        network.compile(
-            optimizer=keras.optimizers.Adam(config.learning_rate),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-        )
-        train_ds = make_tf_dataset(
-            dataset.train, batch_size=config.batch_size, training=True, seed=config.seed
-        )
-        val_ds = make_tf_dataset(dataset.validation, batch_size=64, training=False)
-        callbacks = [
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=4, restore_best_weights=True
-            ),
-            keras.callbacks.ReduceLROnPlateau(
-                monitor="val_loss", factor=0.5, patience=2, min_lr=1e-5
-            ),
-            *build_callbacks(dataset.train.pixels[:256]),
-        ]
-        start = time.perf_counter()
-        history = network.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=config.epochs,
-            class_weight=class_weights(dataset.train.labels),
-            callbacks=callbacks,
-            verbose=2,
-        )
-        train_seconds = time.perf_counter() - start
-        # The best weights are restored; give them statistics of the whole training split.
-        recalibrate_batchnorm(network, dataset.train.pixels)
-        epochs_run = len(history.history["loss"])
+            everything = concat_image_sets([dataset.train, dataset.validation, dataset.test])
+            run_cross_validation(
+                everything,
+                config.folds,
+                config.seed,
+                lambda train, validation, seed: (
+                    fit_network(replace(config, seed=seed), train, validation).network
+                ),
+            )
+
+        fitted = fit_network(config, dataset.train, dataset.validation, placement=placement)
+        network, history, train_seconds = fitted.network, fitted.history, fitted.seconds
+        epochs_run = len(history["loss"])
         mlflow.log_metrics(
             {
                 "train_seconds": train_seconds,
@@ -280,7 +349,7 @@ def run_training(config: TrainConfig) -> TrainResult:
                 "train_images_per_second": len(dataset.train) * epochs_run / train_seconds,
             }
         )
-        _log_figure(plot_training_curves(history.history), "plots/training_curves.png")
+        _log_figure(plot_training_curves(history), "plots/training_curves.png")
 
         # Calibration on the validation split, judged on the test split.
         val_logits, val_embedding = _logits_and_embeddings(network, dataset.validation.pixels)
