@@ -9,18 +9,29 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow import MlflowClient
 
+from eye_model.checkpoints import (
+    build_checkpoint_callback,
+    checkpoint_dir,
+    fetch_checkpoint,
+    history_from_run,
+    resumable_params,
+)
 from eye_model.config import CLASS_NAMES, EMBEDDING_DIMS, PROB_COLUMNS
 from eye_model.data import (
+    DECODE_FAILURES,
     ImageSet,
     class_weights,
+    decode_all,
+    iter_decoded_batches,
     load_dataset,
     make_tf_dataset,
     prepare_synthetic_data,
@@ -43,6 +54,14 @@ from eye_model.settings import load_settings
 
 logger = logging.getLogger(__name__)
 
+#: Training images whose BatchNorm statistics the final network keeps: a bounded sample, so
+#: memory does not grow with the training set (the mean of 1,024 images is within a few
+#: per cent of the whole split's).
+BATCHNORM_SAMPLE = 1024
+
+#: Training images the BatchNorm recalibration before each validation uses.
+VALIDATION_BATCHNORM_SAMPLE = 256
+
 
 @dataclass
 class TrainConfig:
@@ -59,6 +78,8 @@ class TrainConfig:
         learning_rate: Adam's learning rate.
         seed: seed of data generation, split, initialisation and augmentation.
         register_as: register the model under this name; empty → do not register.
+        resume: id of an interrupted training run to continue (its own parameters are
+            used); empty → a new run.
     """
 
     data_dir: str = ""
@@ -71,6 +92,21 @@ class TrainConfig:
     learning_rate: float = 2e-3
     seed: int = 42
     register_as: str = ""
+    resume: str = ""
+
+
+def config_of_run(run_id: str, params: dict[str, str]) -> TrainConfig:
+    """The configuration a run was started with, from its logged parameters.
+
+    Parameters the run does not hold (empty ones are not logged) take their defaults.
+    """
+    values: dict[str, Any] = {}
+    for name, default in asdict(TrainConfig()).items():
+        text = params.get(name, "")
+        if text not in ("", "''"):  # `mlflow run` logs an empty parameter as ''
+            # ... and MLproject floats as given: "15" or "15.0".
+            values[name] = int(float(text)) if isinstance(default, int) else type(default)(text)
+    return replace(TrainConfig(**values), resume=run_id)
 
 
 @dataclass
@@ -107,18 +143,20 @@ def build_callbacks(calibration_pixels: np.ndarray) -> list[Any]:
     return [RecalibrateBatchNorm(), EpochLogger()]
 
 
-def _logits_and_embeddings(network: Any, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _logits_and_embeddings(
+    network: Any, images: ImageSet
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logits, embeddings and labels of a split, decoded batch by batch (failures left out)."""
     from eye_model.network import build_embedding_model
 
     dual = build_embedding_model(network)
-    logits, embedding = [], []
-    for start in range(0, len(pixels), 64):
-        out_logits, out_embedding = dual(
-            pixels[start : start + 64].astype(np.float32), training=False
-        )
+    logits, embedding, labels = [], [], []
+    for batch in iter_decoded_batches(images):
+        out_logits, out_embedding = dual(batch.pixels.astype(np.float32), training=False)
         logits.append(np.asarray(out_logits))
         embedding.append(np.asarray(out_embedding))
-    return np.concatenate(logits), np.concatenate(embedding)
+        labels.append(batch.labels)
+    return np.concatenate(logits), np.concatenate(embedding), np.concatenate(labels)
 
 
 def fit_embedding_projection(
@@ -137,20 +175,23 @@ def build_reference_profile(runner: NetworkRunner, images: ImageSet) -> pd.DataF
     """Per-image profile of held-out data, in the columns the serving side logs.
 
     Columns: ``label``, ``predicted_class``, ``confidence``, ``prob_<class>``, the image
-    statistics and ``emb_0`` … ``emb_7``. No pixels, no file names.
+    statistics and ``emb_0`` … ``emb_7``. No pixels, no file names. The split is decoded
+    batch by batch; a file that fails to decode has no row.
     """
-    probabilities, embedding = [], []
-    for start in range(0, len(images), 64):
-        p, e = runner.run(images.pixels[start : start + 64])
+    probabilities, embedding, labels, stats = [], [], [], []
+    for batch in iter_decoded_batches(images, with_stats=True):
+        p, e = runner.run(batch.pixels)
         probabilities.append(p)
         embedding.append(e)
+        labels.append(batch.labels)
+        stats.append(batch.stats)
     probs = np.concatenate(probabilities)
     emb = np.concatenate(embedding)
     frame = pd.DataFrame(probs, columns=list(PROB_COLUMNS))
     frame.insert(0, "confidence", probs.max(axis=1))
     frame.insert(0, "predicted_class", np.asarray(CLASS_NAMES)[probs.argmax(axis=1)])
-    frame.insert(0, "label", np.asarray(CLASS_NAMES)[images.labels])
-    frame = pd.concat([frame, images.stats.reset_index(drop=True)], axis=1)
+    frame.insert(0, "label", np.asarray(CLASS_NAMES)[np.concatenate(labels)])
+    frame = pd.concat([frame, pd.concat(stats, ignore_index=True)], axis=1)
     for k in range(emb.shape[1]):
         frame[f"emb_{k}"] = emb[:, k]
     return frame
@@ -197,15 +238,23 @@ def run_training(config: TrainConfig) -> TrainResult:
 
     Returns:
         The run id, the logged model's URI, the test metrics and the registered version.
+
+    Raises:
+        ResumeError: ``config.resume`` names no run that can be resumed (checked before
+            TensorFlow loads).
     """
+    settings = load_settings()
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    resume = config.resume.strip()
+    if resume:  # the run's own parameters, so it continues as it started
+        config = config_of_run(resume, resumable_params(MlflowClient(), resume))
+    elif not settings.mlflow_run_id:
+        mlflow.set_experiment(settings.experiment_name)
+
     import keras
 
     from eye_model.network import build_network, recalibrate_batchnorm
 
-    settings = load_settings()
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    if not settings.mlflow_run_id:
-        mlflow.set_experiment(settings.experiment_name)
     data_dir = config.data_dir.strip()
     synthetic = not data_dir
     if synthetic:
@@ -216,7 +265,7 @@ def run_training(config: TrainConfig) -> TrainResult:
         )
     dataset = load_dataset(data_dir, config.image_size, seed=config.seed)
 
-    with mlflow.start_run() as run:
+    with mlflow.start_run(run_id=resume or None) as run:
         mlflow.set_tags(
             {
                 "role": "training",
@@ -224,15 +273,16 @@ def run_training(config: TrainConfig) -> TrainResult:
                 "backbone": config.backbone,
             }
         )
-        log_new_params(run.info.run_id, asdict(config))
-        mlflow.log_params(
+        log_new_params(run.info.run_id, {**asdict(config), "resume": ""})
+        log_new_params(
+            run.info.run_id,
             {
                 "data.train": len(dataset.train),
                 "data.validation": len(dataset.validation),
                 "data.test": len(dataset.test),
                 "data.skipped_unreadable": dataset.skipped_unreadable,
                 "data.skipped_duplicates": dataset.skipped_duplicates,
-            }
+            },
         )
         mlflow.log_dict(dataset.description, "data_description.json")
 
@@ -247,14 +297,23 @@ def run_training(config: TrainConfig) -> TrainResult:
             dataset.train, batch_size=config.batch_size, training=True, seed=config.seed
         )
         val_ds = make_tf_dataset(dataset.validation, batch_size=64, training=False)
-        callbacks = [
+        stateful = [
             keras.callbacks.EarlyStopping(
                 monitor="val_loss", patience=4, restore_best_weights=True
             ),
             keras.callbacks.ReduceLROnPlateau(
                 monitor="val_loss", factor=0.5, patience=2, min_lr=1e-5
             ),
-            *build_callbacks(dataset.train.pixels[:256]),
+        ]
+        checkpoints = checkpoint_dir(settings.cache_dir, run.info.run_id)
+        if resume and not fetch_checkpoint(resume, checkpoints):
+            logger.warning("run %s has no checkpoint yet; training from the start", resume)
+        callbacks = [
+            *stateful,
+            *build_callbacks(
+                decode_all(dataset.train.sample(VALIDATION_BATCHNORM_SAMPLE, config.seed))
+            ),
+            build_checkpoint_callback(checkpoints, stateful),  # after the ones it restores
         ]
         start = time.perf_counter()
         history = network.fit(
@@ -266,32 +325,37 @@ def run_training(config: TrainConfig) -> TrainResult:
             verbose=2,
         )
         train_seconds = time.perf_counter() - start
-        # The best weights are restored; give them statistics of the whole training split.
-        recalibrate_batchnorm(network, dataset.train.pixels)
-        epochs_run = len(history.history["loss"])
+        # The best weights are restored; give them statistics of the training split.
+        recalibrate_batchnorm(
+            network, decode_all(dataset.train.sample(BATCHNORM_SAMPLE, config.seed + 1))
+        )
+        epochs_here = len(history.history.get("loss", []))
+        # A resumed fit knows only its own epochs; the run's metrics hold all of them.
+        curves = history_from_run(MlflowClient(), run.info.run_id) if resume else history.history
         mlflow.log_metrics(
             {
                 "train_seconds": train_seconds,
-                "epochs_run": epochs_run,
-                "train_images_per_second": len(dataset.train) * epochs_run / train_seconds,
+                "epochs_run": len(curves.get("loss", [])),
+                "train_images_per_second": len(dataset.train) * epochs_here / train_seconds,
             }
         )
-        _log_figure(plot_training_curves(history.history), "plots/training_curves.png")
+        _log_figure(plot_training_curves(curves), "plots/training_curves.png")
 
         # Calibration on the validation split, judged on the test split.
-        val_logits, val_embedding = _logits_and_embeddings(network, dataset.validation.pixels)
-        temperature = fit_temperature(val_logits, dataset.validation.labels)
-        test_logits, _ = _logits_and_embeddings(network, dataset.test.pixels)
+        val_logits, val_embedding, val_labels = _logits_and_embeddings(network, dataset.validation)
+        temperature = fit_temperature(val_logits, val_labels)
+        test_logits, _, test_labels = _logits_and_embeddings(network, dataset.test)
         before = calibrated_probabilities(test_logits, 1.0)
         after = calibrated_probabilities(test_logits, temperature)
         mlflow.log_metrics(
             {
                 "temperature": temperature,
-                "test_ece_uncalibrated": expected_calibration_error(before, dataset.test.labels),
-                "test_ece": expected_calibration_error(after, dataset.test.labels),
+                "test_ece_uncalibrated": expected_calibration_error(before, test_labels),
+                "test_ece": expected_calibration_error(after, test_labels),
+                "data_skipped_undecodable": float(len(DECODE_FAILURES)),
             }
         )
-        _log_figure(plot_reliability(dataset.test.labels, before, after), "plots/reliability.png")
+        _log_figure(plot_reliability(test_labels, before, after), "plots/reliability.png")
 
         mean, projection = fit_embedding_projection(val_embedding)
         model_config = ModelConfig(
