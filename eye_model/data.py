@@ -466,7 +466,7 @@ def make_tf_dataset(
     blank = np.zeros((image_size, image_size, 3), np.uint8)
 
     def decode(path: bytes) -> tuple[np.ndarray, bool]:
-        item = read_image_file(path.decode(), image_size)
+        item = read_image_file(os.fsdecode(path), image_size)
         return (blank, False) if item is None else (item[0], True)
 
     def load(path: Any, label: Any) -> tuple[Any, Any, Any]:
@@ -475,9 +475,9 @@ def make_tf_dataset(
         ok.set_shape(())
         return pixels, label, ok
 
-    dataset = tf.data.Dataset.from_tensor_slices(
-        (np.asarray(images.sources, dtype=object).astype(bytes), images.labels)
-    )
+    # File names as the file system's bytes: any name a folder holds survives the round trip.
+    paths = tf.constant([os.fsencode(p) for p in images.sources], dtype=tf.string)
+    dataset = tf.data.Dataset.from_tensor_slices((paths, images.labels.astype(np.int64)))
     if training:
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

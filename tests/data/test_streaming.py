@@ -54,6 +54,7 @@ def test_loading_decodes_no_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def test_pipeline_gives_the_serving_decoders_pixels_in_order(tmp_path: Path) -> None:
     paths = _write(tmp_path, per_class=3)
+    paths[4] = paths[4].rename(paths[4].with_name("Fundusbild_äöü_眼底.jpg"))  # any file name
     images = ImageSet([str(p) for p in paths], np.arange(len(paths)) % 4, SIZE)
     batches = list(make_tf_dataset(images, batch_size=5, training=False))
     assert [len(y) for _, y in batches] == [5, 5, 2]
@@ -104,3 +105,10 @@ def test_a_bounded_sample_is_bounded_seeded_and_labelled(tmp_path: Path) -> None
     assert sample.sources == images.sample(10, seed=1).sources
     assert [int(s[1:]) % 4 for s in sample.sources] == sample.labels.tolist()
     assert images.sample(500) is images
+
+
+def test_an_empty_split_is_an_empty_stream() -> None:
+    empty = ImageSet([], np.zeros(0, int), SIZE)
+    assert list(make_tf_dataset(empty, batch_size=4, training=False)) == []
+    assert list(iter_decoded_batches(empty)) == []
+    assert decode_all(empty).shape == (0, SIZE, SIZE, 3)
