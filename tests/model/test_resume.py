@@ -134,3 +134,68 @@ def test_a_run_resumes_with_its_own_parameters() -> None:
     assert config == TrainConfig(
         epochs=6, image_size=64, learning_rate=0.001, data_dir="", resume="abc"
     )
+
+
+def test_a_checkpoint_restores_weights_optimizer_and_callback_counters(tmp_path: Path) -> None:
+    import keras
+    import numpy as np
+
+    from eye_model.checkpoints import build_checkpoint_callback
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 4)).astype("float32"), rng.integers(0, 2, 64)
+
+    def fresh() -> tuple[keras.Model, list[keras.callbacks.Callback]]:
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        model.compile(
+            optimizer=keras.optimizers.Adam(0.01),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        stateful = [
+            keras.callbacks.EarlyStopping(monitor="loss", patience=50, restore_best_weights=True),
+            keras.callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0),
+        ]
+        return model, stateful
+
+    folder = tmp_path / "checkpoint"
+    model, stateful = fresh()
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            if epoch == 2:
+                raise KeyboardInterrupt  # as if killed after the third epoch's checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(
+            x,
+            y,
+            epochs=6,
+            verbose=0,
+            callbacks=[
+                *stateful,
+                build_checkpoint_callback(folder, stateful, log_to_run=False),
+                Interrupt(),
+            ],
+        )
+    saved_weights = [w.copy() for w in model.get_weights()]
+    saved_optimizer = [np.asarray(v).copy() for v in model.optimizer.variables]
+    early_best, early_wait = stateful[0].best, stateful[0].wait
+
+    resumed, restored = fresh()
+    checkpoint = build_checkpoint_callback(folder, restored, log_to_run=False)
+
+    class Check(keras.callbacks.Callback):
+        def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+            for got, want in zip(resumed.get_weights(), saved_weights, strict=True):
+                np.testing.assert_array_equal(got, want)
+            for got, want in zip(resumed.optimizer.variables, saved_optimizer, strict=True):
+                np.testing.assert_array_equal(np.asarray(got), want)
+            assert restored[0].best == early_best and restored[0].wait == early_wait
+            assert restored[0].best_weights is not None
+            raise StopIteration
+
+    with pytest.raises(StopIteration):
+        resumed.fit(x, y, epochs=6, verbose=0, callbacks=[*restored, checkpoint, Check()])
+    assert resumed._initial_epoch == 3
+    assert int(np.asarray(resumed.optimizer.iterations)) == 3 * 2  # 64 images, batches of 32
