@@ -248,6 +248,9 @@ def run_training(config: TrainConfig) -> TrainResult:
     resume = config.resume.strip()
     if resume:  # the run's own parameters, so it continues as it started
         config = config_of_run(resume, resumable_params(MlflowClient(), resume))
+        if settings.mlflow_run_id and settings.mlflow_run_id != resume:
+            # `mlflow run -P resume=...` opened a run of its own: point it at the real one.
+            MlflowClient().set_tag(settings.mlflow_run_id, "resumed_run_id", resume)
     elif not settings.mlflow_run_id:
         mlflow.set_experiment(settings.experiment_name)
 
