@@ -55,7 +55,7 @@ def prepare_sets(large: int, small: int, image_size: int, workdir: Path) -> tupl
     )
     big = workdir / "large"
     files = discover_images(little)
-    variants = -(-large // len(files))
+    variants = -(-large // len(files))  # 0: no large set
     if variants > 8:
         raise SystemExit(f"--large may be at most 8 x --small ({8 * len(files)})")
     turns = [None, *Image.Transpose]  # identity, then the 7 other symmetries
@@ -170,7 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="benchmark-training-data-") as tmp:
         workdir = Path(tmp)
-        big, little = prepare_sets(args.large, args.small, args.image_size, workdir)
+        needs_large = args.only != "speed" or args.speed_set == "large"
+        big, little = prepare_sets(args.large * needs_large, args.small, args.image_size, workdir)
         os.chdir(workdir)  # MLflow's artifacts of the SQLite stores land here
         growth, ratios = 0.0, [args.speed_goal]
         if args.only != "speed":
