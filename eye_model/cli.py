@@ -85,9 +85,13 @@ def main(ctx: click.Context, debug: bool) -> None:
 @training_options
 def train(**params: object) -> None:
     """Train, calibrate, evaluate and log a pyfunc model (synthetic data when no data-dir)."""
+    from eye_model.checkpoints import ResumeError
     from eye_model.train import TrainConfig, run_training
 
-    result = run_training(TrainConfig(**params))  # type: ignore[arg-type]
+    try:
+        result = run_training(TrainConfig(**params))  # type: ignore[arg-type]
+    except ResumeError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(
         json.dumps(
             {

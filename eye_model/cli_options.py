@@ -42,6 +42,12 @@ def training_options(function: Callable[..., Any]) -> Callable[..., Any]:
             default=0,
             help="k-fold cross-validation (nested runs) before the final fit; 0: off.",
         ),
+        click.option(
+            "--resume",
+            default="",
+            help="Continue this interrupted training run (same run, its own parameters) "
+            "from its last checkpoint; empty: a new run.",
+        ),
     ]
     for option in reversed(options):
         function = option(function)

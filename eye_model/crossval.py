@@ -24,14 +24,13 @@ from typing import Any
 
 import mlflow
 import numpy as np
-import pandas as pd
 from PIL import Image
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import StratifiedGroupKFold
 
 from eye_model.config import CLASS_NAMES
-from eye_model.data import ImageSet
+from eye_model.data import ImageSet, iter_decoded_batches
 from eye_model.evaluate import calibrated_probabilities, classification_metrics
 
 logger = logging.getLogger(__name__)
@@ -153,20 +152,18 @@ def assign_folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) 
 def concat_image_sets(parts: Sequence[ImageSet]) -> ImageSet:
     """One image set holding the images of ``parts``, in order."""
     return ImageSet(
-        pixels=np.concatenate([p.pixels for p in parts]),
-        labels=np.concatenate([p.labels for p in parts]),
-        stats=pd.concat([p.stats for p in parts], ignore_index=True),
         sources=[s for p in parts for s in p.sources],
+        labels=np.concatenate([p.labels for p in parts]),
+        image_size=parts[0].image_size,
     )
 
 
 def subset_image_set(images: ImageSet, index: np.ndarray) -> ImageSet:
     """The images of ``images`` at ``index``."""
     return ImageSet(
-        pixels=images.pixels[index],
-        labels=images.labels[index],
-        stats=images.stats.iloc[index].reset_index(drop=True),
         sources=[images.sources[i] for i in index],
+        labels=images.labels[index],
+        image_size=images.image_size,
     )
 
 
@@ -179,13 +176,18 @@ def _inner_validation(
     return next(splitter.split(np.zeros(len(labels)), labels, groups))
 
 
-def predict_logits(network: Any, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Class logits of ``pixels`` in inference mode, batch by batch."""
-    out = [
-        np.asarray(network(np.asarray(pixels[s : s + batch_size], np.float32), training=False))
-        for s in range(0, len(pixels), batch_size)
-    ]
-    return np.concatenate(out) if out else np.zeros((0, len(CLASS_NAMES)))
+def predict_logits(network: Any, images: ImageSet) -> tuple[np.ndarray, np.ndarray]:
+    """Class logits (inference mode) and labels of a split, decoded batch by batch.
+
+    A file that fails to decode is left out of both.
+    """
+    logits, labels = [], []
+    for batch in iter_decoded_batches(images):
+        logits.append(np.asarray(network(batch.pixels.astype(np.float32), training=False)))
+        labels.append(batch.labels)
+    if not logits:
+        return np.zeros((0, len(CLASS_NAMES))), np.zeros(0, int)
+    return np.concatenate(logits), np.concatenate(labels)
 
 
 @dataclass
@@ -251,10 +253,9 @@ def run_cross_validation(
                 subset_image_set(images, rest[stop_part]),
                 seed + fold,
             )
-            probabilities = calibrated_probabilities(
-                predict_logits(network, images.pixels[held_out]), 1.0
-            )
-            metrics = classification_metrics(images.labels[held_out], probabilities, prefix="cv_")
+            logits, labels = predict_logits(network, subset_image_set(images, held_out))
+            probabilities = calibrated_probabilities(logits, 1.0)
+            metrics = classification_metrics(labels, probabilities, prefix="cv_")
             mlflow.log_metrics(metrics)
         results.append(metrics)
         run_ids.append(child.info.run_id)

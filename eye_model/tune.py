@@ -136,8 +136,9 @@ def _suggest_augmentation(trial: Any) -> dict[str, Any]:
 
 def validation_macro_f1(network: Any, validation: ImageSet) -> float:
     """Macro-F1 of the network on the validation split (inference mode)."""
-    probabilities = calibrated_probabilities(predict_logits(network, validation.pixels), 1.0)
-    return classification_metrics(validation.labels, probabilities, prefix="")["macro_f1"]
+    logits, labels = predict_logits(network, validation)
+    probabilities = calibrated_probabilities(logits, 1.0)
+    return classification_metrics(labels, probabilities, prefix="")["macro_f1"]
 
 
 def pruner() -> Any:
