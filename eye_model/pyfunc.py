@@ -34,6 +34,7 @@ from mlflow.types.schema import ColSpec, Schema
 
 from eye_model.config import PROB_COLUMNS
 from eye_model.decode_budget import MemoryBudget, RequestGate
+from eye_model.fundus import apply_fundus_check
 from eye_model.inference import ModelConfig, aligned_stack, shared_runner
 from eye_model.preprocess import Base64Text, FundusImage, ImageError, decode_image
 from eye_model.settings import Settings, env_name, load_settings
@@ -212,6 +213,7 @@ class EyeDiseaseClassifier(PythonModel):
         # Large decodes of every request of this worker take turns within this budget.
         self._memory = MemoryBudget(settings.decode_memory_mb * 1024 * 1024)
         self.batch_size = settings.batch_size
+        self.fundus_check = settings.fundus_check
         threads = settings.decode_threads
         self._decode_threads = threads
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="eye-model-decode")
@@ -330,6 +332,8 @@ class EyeDiseaseClassifier(PythonModel):
             row.network_ms = share
             if row.image is not None and not getattr(self, "_keep_pixels", False):
                 row.image.pixels = None  # nothing of the image is kept past this point
+        mode = getattr(self, "fundus_check", "refuse")
+        apply_fundus_check(batch, pixels, mode, setting=env_name("fundus_check"))
 
     def _start_image_stats(self, batch: list[ScoredImage]) -> Future[None] | None:
         """Telemetry's image statistics of ``batch``, computed while the network runs."""
