@@ -65,10 +65,12 @@ def _inset(image: Image.Image, aspect: float) -> Image.Image:
 
 
 def retina_variants() -> dict[str, Image.Image]:
-    """``retina.jpg`` and benign variants of it: none is less gradable than the original.
+    """``retina.jpg`` and benign variants of it, all gradable.
 
     Rotations, flips, ±15 % brightness, JPEG quality 60, crops to the field and the field
-    cut at the top and bottom (or all round) as cameras with a rectangular sensor do.
+    cut at the top and bottom (or all round) as cameras with a rectangular sensor do; and
+    what other cameras do: exposure, colour casts, uneven light, a grey surround, a small
+    field in a wide frame, labels in the corners.
     """
     base = retina()
     left, top, right, bottom = field_box(base)
@@ -102,8 +104,59 @@ def retina_variants() -> dict[str, Image.Image]:
         "small_600px": base.resize((600, 600), Image.Resampling.LANCZOS),
         "slight_blur": base.filter(ImageFilter.GaussianBlur(2)),
         "cut_rotated_90": _crop_rows(base, 0.8).rotate(90, expand=True),
+        "cut_top_bottom_65%": _crop_rows(base, 0.65),
+        # What other cameras and exposures do to the same eye.
+        "dim_30%": _gains(base, 0.3, 0.3, 0.3),
+        "bright_140%": _gains(base, 1.4, 1.4, 1.4),
+        "yellow_cast": _gains(base, 1.0, 1.35, 0.8),
+        "green_cast": _gains(base, 1.0, 1.4, 1.0),
+        "blue_cast": _gains(base, 0.9, 1.1, 1.6),
+        "pale_fundus": _gains(base, 1.0, 1.6, 1.6),
+        "uneven_light": _uneven(base, 0.8),
+        "grey_surround_40": _grey_surround(base, 40),
+        "small_field_in_16:9": _small_field(base, 0.25),
+        "labels_in_corners": _labelled(base),
     }
     return variants
+
+
+def _gains(image: Image.Image, red: float, green: float, blue: float) -> Image.Image:
+    """The photo with its channels scaled: exposure (all alike) or a colour cast."""
+    pixels = np.asarray(image, np.float32) * np.array([red, green, blue], np.float32)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def _uneven(image: Image.Image, fall: float) -> Image.Image:
+    """Light falling off from left to right by ``fall`` (a decentred pupil)."""
+    pixels = np.asarray(image, np.float32)
+    ramp = 1.0 - fall * np.linspace(0.0, 1.0, pixels.shape[1], dtype=np.float32)[None, :, None]
+    return Image.fromarray(np.clip(pixels * ramp, 0, 255).astype(np.uint8))
+
+
+def _grey_surround(image: Image.Image, level: int) -> Image.Image:
+    """The black surround raised to ``level`` (a camera whose black is grey)."""
+    pixels = np.asarray(image).copy()
+    surround = np.asarray(image.convert("L")) < 25
+    pixels[surround] = np.maximum(pixels[surround], level)
+    return Image.fromarray(pixels)
+
+
+def _small_field(image: Image.Image, share: float) -> Image.Image:
+    """The field ``share`` of the width of a 16:9 black frame (a smartphone adapter)."""
+    frame = Image.new("RGB", (1600, 900))
+    side = round(frame.width * share)
+    frame.paste(image.resize((side, side)), ((frame.width - side) // 2, (frame.height - side) // 2))
+    return frame
+
+
+def _labelled(image: Image.Image) -> Image.Image:
+    """White labels in two corners of the surround: date, eye, patient id, camera."""
+    labelled = image.copy()
+    draw = ImageDraw.Draw(labelled)
+    draw.text((20, 20), "2026-11-30 10:42  OD  ID 000123", fill=(255, 255, 255), font=_font(48))
+    draw.rectangle((1250, 20, 1390, 120), fill=(255, 255, 255))
+    draw.text((900, 1330), "45 deg  Flash 50", fill=(255, 255, 255), font=_font(48))
+    return labelled
 
 
 # -- the non-fundus corpus ------------------------------------------------------------------

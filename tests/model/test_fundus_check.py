@@ -61,7 +61,7 @@ def test_non_fundus_pictures_are_refused(corpus: dict[str, Image.Image], size: i
     assert verdicts["retina_black_out"] == "too_dark"
     assert verdicts["retina_greyscale"] == "not_colour_fundus"
     assert verdicts["retina_red_free_green"] == "not_colour_fundus"
-    for name in ("document", "screenshot_light", "skimage_astronaut", "solid_fundus_orange"):
+    for name in ("document", "screenshot_light", "skimage_chelsea", "solid_fundus_orange"):
         assert verdicts[name] == "no_fundus_field", name
 
 
