@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from eye_model.settings import env_name
+
 #: ``fundus_check`` of an image that passed.
 PASS = "pass"
 #: Why an image is not a gradable fundus photograph, by ``fundus_check`` reason.
@@ -239,7 +241,7 @@ def warning_message(reason: str) -> str:
 
 
 def apply_fundus_check(
-    rows: Sequence[Any], images: np.ndarray, mode: str, setting: str = "the fundus check"
+    rows: Sequence[Any], images: np.ndarray, mode: str, setting: str | None = None
 ) -> None:
     """Check a batch and record the verdicts on its scored rows (``ScoredImage``).
 
@@ -248,10 +250,12 @@ def apply_fundus_check(
         images: their decoded pixels, uint8 (n, size, size, 3).
         mode: ``refuse`` (a failing row gets an ``error`` and no class), ``warn`` (it is
             scored with a warning) or ``off`` (nothing is checked; ``fundus_check`` stays None).
-        setting: the environment variable that chooses the mode, named in the error.
+        setting: the environment variable that chooses the mode, named in the error
+            (default: the one of the settings table).
     """
     if mode == "off":
         return
+    setting = setting or env_name("fundus_check")
     for row, verdict in zip(rows, check_fundus(images), strict=True):
         row.fundus_check = verdict
         if verdict == PASS:
