@@ -1,11 +1,10 @@
 """The MLflow pyfunc model: ``EyeDiseaseClassifier``, its signature, and saving/logging it.
 
-The network runs through one compiled ``tf.function`` with a fixed input
-signature, called directly (``Model.predict`` adds a large fixed cost per call),
-built once per process for each model (:func:`shared_runner`). Images are decoded
-by :func:`eye_model.preprocess.decode_image` in a thread pool that keeps up to two
-batches of 32 ahead of the network; a one-image request is decoded in the calling
-thread.
+The network runs through one compiled ``tf.function`` with a fixed input signature, called
+directly (``Model.predict`` adds a large fixed cost per call), built once per process for each
+model (:func:`shared_runner`). Images are decoded by :func:`eye_model.preprocess.decode_image`
+in a thread pool that keeps up to two batches of 32 ahead of the network; a one-image request
+is decoded in the calling thread; each batch is checked by :mod:`eye_model.fundus`.
 """
 
 from __future__ import annotations
@@ -35,6 +34,7 @@ from mlflow.types.schema import ColSpec, Schema
 
 from eye_model.config import PROB_COLUMNS
 from eye_model.decode_budget import MemoryBudget, RequestGate
+from eye_model.fundus import apply_fundus_check
 from eye_model.inference import ModelConfig, aligned_stack, shared_runner
 from eye_model.metrics import observe_batch, observe_request
 from eye_model.ood import OOD_THRESHOLD, OOD_WARNING
@@ -214,7 +214,7 @@ class EyeDiseaseClassifier(PythonModel):
         self.scoring_timeout_s = settings.scoring_timeout_s
         # Large decodes of every request of this worker take turns within this budget.
         self._memory = MemoryBudget(settings.decode_memory_mb * 1024 * 1024)
-        self.batch_size = settings.batch_size
+        self.batch_size, self.fundus_check = settings.batch_size, settings.fundus_check
         threads = settings.decode_threads
         self._decode_threads = threads
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="eye-model-decode")
@@ -356,6 +356,7 @@ class EyeDiseaseClassifier(PythonModel):
             row.network_ms = share
             if row.image is not None and not getattr(self, "_keep_pixels", False):
                 row.image.pixels = None  # nothing of the image is kept past this point
+        apply_fundus_check(batch, pixels, getattr(self, "fundus_check", "refuse"))
 
     def _start_image_stats(self, batch: list[ScoredImage]) -> Future[None] | None:
         """Telemetry's image statistics of ``batch``, computed while the network runs."""

@@ -1,11 +1,10 @@
 """The one place that reads eye-model's environment variables.
 
-Every variable the project knows (the brief's ``MLFLOW_*``, ``ENABLE_*`` and
-``MODEL_*``, and eye-model's own ``EYE_MODEL_*``) is declared once in
-:data:`ENVIRONMENT` with its default, its parser and its meaning. :func:`load_settings`
-reads them all into a frozen :class:`Settings`; other modules receive values from it
-and never read ``os.environ`` themselves. The README's configuration table is checked
-against :data:`ENVIRONMENT` by a test (``tests/code/test_settings.py``).
+Every variable the project knows (the brief's ``MLFLOW_*``, ``ENABLE_*`` and ``MODEL_*``, and
+eye-model's own ``EYE_MODEL_*``) is declared once in :data:`ENVIRONMENT` with its default, its
+parser and its meaning. :func:`load_settings` reads them all into a frozen :class:`Settings`;
+other modules receive values from it and never read ``os.environ`` themselves. The README's
+configuration table is checked against :data:`ENVIRONMENT` (``tests/code/test_settings.py``).
 
 Nothing here talks to MLflow, creates folders or reads the environment at import time.
 """
@@ -26,6 +25,7 @@ from eye_model.config import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MODEL_NAME,
     DEFAULT_TRACKING_URI,
+    FUNDUS_CHECK_MODES,
 )
 from eye_model.setting_values import (
     SettingsError,
@@ -217,6 +217,13 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
         str(DEFAULT_BATCH_SIZE),
         "images per network call (serving and in-process scoring)",
         _int("EYE_MODEL_BATCH_SIZE", DEFAULT_BATCH_SIZE),
+    ),
+    EnvVar(
+        "EYE_MODEL_FUNDUS_CHECK",
+        "fundus_check",
+        "refuse",
+        "an image that is not a gradable colour fundus photograph: `refuse`, `warn` or `off`",
+        _choice("EYE_MODEL_FUNDUS_CHECK", "refuse", FUNDUS_CHECK_MODES),
     ),
     EnvVar(
         "EYE_MODEL_DECODE_THREADS",
@@ -501,6 +508,7 @@ class Settings:
     decode_memory_mb: int = DEFAULT_DECODE_MEMORY_MB
     scoring_timeout_s: int = DEFAULT_SCORING_TIMEOUT
     batch_size: int = DEFAULT_BATCH_SIZE
+    fundus_check: str = "refuse"
     decode_threads: int = field(default_factory=lambda: min(8, os.cpu_count() or 2))
     home: Path = field(default_factory=lambda: Path(DEFAULT_HOME).resolve())
     cache_dir: Path = field(default_factory=lambda: Path("~/.cache/eye-model").expanduser())
