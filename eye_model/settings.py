@@ -27,17 +27,23 @@ from eye_model.config import (
     DEFAULT_MODEL_NAME,
     DEFAULT_TRACKING_URI,
 )
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+from eye_model.setting_parsers import (
+    SettingsError,
+    parse_bool,
+    parse_choice,
+    parse_non_negative_int,
+    parse_positive_float,
+    parse_positive_int,
+)
 
 #: Default of ``EYE_MODEL_HOME``: the local stack's state, relative to the working folder.
 DEFAULT_HOME = ".eye-model"
-#: Default network batch of the served model and in-process scoring. Batch 32 runs 2-7 %
-#: faster per image than batch 8. Smaller first batches, to start the network while the
-#: rest decode, gained nothing measurable: decoding beside the network slows each layer as
-#: much as it saves.
-DEFAULT_BATCH_SIZE = 32
+#: Default most images per network call, across concurrent requests (serving) or within
+#: one call (in-process scoring). Batch 32 runs 2-7 % faster per image than batch 8.
+DEFAULT_MAX_BATCH = 32
+#: Default longest wait (ms) of a part-filled batch for requests still decoding; measured
+#: with 8 clients posting one image each (scripts/benchmark_predict.py --concurrency).
+DEFAULT_MAX_WAIT_MS = 2.0
 #: MLflow's scoring server answers HTTP 504 after this many seconds (its own default).
 DEFAULT_SCORING_TIMEOUT = 60
 #: Decoded pixels one REST request may use: 10 images at the 40 MP limit, about 10 s of
@@ -51,98 +57,6 @@ TELEMETRY_MODES = ("serving", "always", "never")
 STACK_PROFILES = ("embedded", "production")
 #: The values of ``EYE_MODEL_DEFAULT_PERMISSION`` (MLflow's basic-auth permissions).
 PERMISSIONS = ("READ", "USE", "EDIT", "MANAGE", "NO_PERMISSIONS")
-
-
-class SettingsError(ValueError):
-    """An environment variable holds a value eye-model cannot use (names it and the fix)."""
-
-
-def parse_bool(value: str | bool | None, *, name: str = "value", default: bool = False) -> bool:
-    """Parse a boolean setting the way users write them in shells.
-
-    Args:
-        value: "true"/"false", "1"/"0", "yes"/"no", "on"/"off" (any case), a bool or None.
-        name: the setting's name, used in the error message.
-        default: returned when ``value`` is None.
-
-    Returns:
-        The boolean value.
-
-    Raises:
-        SettingsError: for anything else, naming the setting and the accepted values.
-    """
-    if value is None:
-        return default
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise SettingsError(f"{name}={value!r} is not a boolean; set it to true or false")
-
-
-def _parse_number(
-    value: str | float | None,
-    *,
-    name: str,
-    default: float,
-    kind: type[int] | type[float],
-    minimum: float,
-    inclusive: bool,
-) -> Any:
-    """Parse a number of ``kind`` (int or float) at or above (or above) ``minimum``."""
-    if value is None or str(value).strip() == "":
-        return default
-    what = "a whole number" if kind is int else "a number"
-    bound = f"{'at least' if inclusive else 'above'} {minimum:g}"
-    try:
-        number = kind(str(value).strip())
-    except ValueError:
-        raise SettingsError(
-            f"{name}={value!r} is not {what}; set it to {what} {bound} "
-            f"(default {default:g}) or unset it"
-        ) from None
-    too_small = number < minimum if inclusive else not number > minimum
-    if too_small or number == float("inf"):
-        raise SettingsError(f"{name}={value!r} must be {bound}; the default is {default:g}")
-    return number
-
-
-def parse_positive_int(value: str | int | None, *, name: str, default: int) -> int:
-    """Parse a positive whole number, naming the setting in the error."""
-    number: int = _parse_number(
-        value, name=name, default=default, kind=int, minimum=0, inclusive=False
-    )
-    return number
-
-
-def parse_non_negative_int(value: str | int | None, *, name: str, default: int) -> int:
-    """Parse a whole number that may be 0 (0 usually means "automatic")."""
-    number: int = _parse_number(
-        value, name=name, default=default, kind=int, minimum=0, inclusive=True
-    )
-    return number
-
-
-def parse_positive_float(value: str | float | None, *, name: str, default: float) -> float:
-    """Parse a positive finite number (seconds, for example), naming the setting in the error."""
-    number: float = _parse_number(
-        value, name=name, default=default, kind=float, minimum=0.0, inclusive=False
-    )
-    return number
-
-
-def parse_choice(value: str | None, *, name: str, default: str, choices: tuple[str, ...]) -> str:
-    """Parse one of a fixed list of words (any case), naming the setting and the list."""
-    if value is None or str(value).strip() == "":
-        return default
-    text = str(value).strip()
-    for choice in choices:
-        if text.lower() == choice.lower():
-            return choice
-    raise SettingsError(f"{name}={value!r} is not one of {', '.join(choices)}")
 
 
 @dataclass(frozen=True)
@@ -299,11 +213,21 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
         _int("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", DEFAULT_SCORING_TIMEOUT),
     ),
     EnvVar(
-        "EYE_MODEL_BATCH_SIZE",
-        "batch_size",
-        str(DEFAULT_BATCH_SIZE),
-        "images per network call (serving and in-process scoring)",
-        _int("EYE_MODEL_BATCH_SIZE", DEFAULT_BATCH_SIZE),
+        "EYE_MODEL_MAX_BATCH",
+        "max_batch",
+        str(DEFAULT_MAX_BATCH),
+        "most images per network call, gathered across concurrent requests "
+        "(`EYE_MODEL_BATCH_SIZE`, its old name, is still read)",
+        _int("EYE_MODEL_MAX_BATCH", DEFAULT_MAX_BATCH),
+    ),
+    EnvVar(
+        "EYE_MODEL_MAX_WAIT_MS",
+        "max_wait_ms",
+        f"{DEFAULT_MAX_WAIT_MS:g}",
+        "longest a part-filled network batch waits for requests still decoding (0: never)",
+        lambda value: parse_positive_float(
+            value, name="EYE_MODEL_MAX_WAIT_MS", default=DEFAULT_MAX_WAIT_MS, allow_zero=True
+        ),
     ),
     EnvVar(
         "EYE_MODEL_DECODE_THREADS",
@@ -565,7 +489,8 @@ class Settings:
     max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS
     decode_memory_mb: int = DEFAULT_DECODE_MEMORY_MB
     scoring_timeout_s: int = DEFAULT_SCORING_TIMEOUT
-    batch_size: int = DEFAULT_BATCH_SIZE
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_wait_ms: float = DEFAULT_MAX_WAIT_MS
     decode_threads: int = field(default_factory=lambda: min(8, os.cpu_count() or 2))
     home: Path = field(default_factory=lambda: Path(DEFAULT_HOME).resolve())
     cache_dir: Path = field(default_factory=lambda: Path("~/.cache/eye-model").expanduser())
@@ -630,6 +555,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     values["in_scoring_server"] = bool(env.get("__pyfunc_model_path__")) or (
         env.get("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "").lower() == "true"
     )
+    if not env.get("EYE_MODEL_MAX_BATCH", "").strip() and "EYE_MODEL_BATCH_SIZE" in env:
+        values["max_batch"] = _int("EYE_MODEL_BATCH_SIZE", DEFAULT_MAX_BATCH)(
+            env["EYE_MODEL_BATCH_SIZE"]
+        )
     values["mlflow_run_id"] = env.get("MLFLOW_RUN_ID", "")
     values["mlflow_experiment_id"] = env.get("MLFLOW_EXPERIMENT_ID", "")
     return Settings(**values)
