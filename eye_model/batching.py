@@ -9,9 +9,13 @@ There is no batching thread: the request thread that finds the network free runs
 batch itself (its own rows and whoever else's are queued, oldest first), then wakes the
 requests whose rows are done and the owner of the oldest rows still queued, who runs the
 batch after. A request alone on an idle server therefore runs at once, in its own thread,
-with no hand-off. A batch waits to fill (at most ``max_wait_s``) only while other requests
-are still decoding (they announced themselves with :meth:`NetworkBatcher.request`) and the
-network would otherwise run fewer than ``max_batch`` rows.
+with no hand-off.
+
+A part-filled batch waits (at most ``max_wait_s``) for as many requests as were open at
+once while the previous batch ran. With 8 clients posting one image each, the requests of
+one batch come back while the other half runs, so batches would otherwise alternate
+between about 4 and 4 rows; waiting lets them merge. A lone client never waits: it was
+the only open request.
 
 Each request gets exactly its own rows back, in its own order: rows are objects the batch
 function fills in place. A failing batch fails only the rows in it (``fail_batch``).
@@ -110,6 +114,8 @@ class NetworkBatcher(Generic[Row]):
         self._open = 0
         #: Announced requests whose rows are handed over and not yet done.
         self._waiting = 0
+        #: Most requests open at once since the last batch was gathered.
+        self._peak = 0
 
     # -- the request side -----------------------------------------------------------------
 
@@ -122,6 +128,7 @@ class NetworkBatcher(Generic[Row]):
         """
         with self._lock:
             self._open += 1
+            self._peak = max(self._peak, self._open)
         try:
             yield self._score_announced
         finally:
@@ -172,11 +179,14 @@ class NetworkBatcher(Generic[Row]):
 
     def _gather_locked(self) -> list[tuple[_Ticket[Row], int, int]]:
         """Take up to ``max_batch`` queued rows, oldest first, after waiting for stragglers."""
+        expected, self._peak = self._peak, self._open
         if self._queued_rows < self.max_batch and self.max_wait_s > 0:
             deadline = time.monotonic() + self.max_wait_s
             self._gathering = True
             try:
-                while self._queued_rows < self.max_batch and self._open > self._waiting:
+                while self._queued_rows < self.max_batch and (
+                    self._waiting < expected or self._open > self._waiting
+                ):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
