@@ -234,14 +234,16 @@ def served(model_dir: Path, log: Path, env: dict[str, str]) -> Iterator[tuple[in
         stop_process(process)
 
 
-def mean_batch(telemetry_dir: Path) -> float | None:
-    """Mean ``batch_size`` of the scored records in the local inference log, if any."""
+def mean_batch(telemetry_dir: Path, windows: Sequence[tuple[float, float]]) -> float | None:
+    """Mean ``batch_size`` of the log's scored records made within ``windows`` (epoch s)."""
     sizes = []
     for part in telemetry_dir.rglob("*.jsonl"):
         for line in part.read_text().splitlines():
             with contextlib.suppress(ValueError):
                 record = json.loads(line)
-                if record.get("status") == "ok" and record.get("batch_size"):
+                when = record.get("timestamp", 0.0)
+                within = any(start <= when <= end for start, end in windows)
+                if within and record.get("status") == "ok" and record.get("batch_size"):
                     sizes.append(record["batch_size"])
     return float(np.mean(sizes)) if sizes else None
 
@@ -348,12 +350,16 @@ class Bench:
         """Run ``clients`` against each server in turn, in rounds, so load changes hit all."""
         rounds = 2 if self.args.quick else self.args.rounds
         results: dict[str, LoadResult] = {}
+        windows: dict[str, list[tuple[float, float]]] = {name: [] for name in started}
         for _ in range(rounds):
             for name, (port, pid, _) in started.items():
+                began = time.time()
                 part = run_clients(port, pid, self.bodies, clients, seconds / rounds)
+                windows[name].append((began, time.time()))
                 results[name] = results[name].merge(part) if name in results else part
+        time.sleep(1.0)  # the last records reach the log before predict returns; be safe
         for name, result in results.items():
-            batch = mean_batch(started[name][2])
+            batch = mean_batch(started[name][2], windows[name])
             busy = f"{result.machine_busy_cores:.2f}" if result.machine_busy_cores else "?"
             batch_text = f", mean batch {batch:.1f}" if batch else ""
             print(f"  {name:<24} {result.line()}{batch_text} [machine {busy} cores busy]")

@@ -97,6 +97,42 @@ def test_many_images_in_one_request(server_url: str) -> None:
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
 
 
+def test_concurrent_clients_each_get_their_own_rows(server_url: str) -> None:
+    """16 clients at once (their images share network calls): each checks its own rows."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def post(rows: list[list[object]]) -> list[dict[str, object]]:
+        payload = {"dataframe_split": {"columns": ["image_id", "image"], "data": rows}}
+        response = requests.post(f"{server_url}/invocations", json=payload, timeout=120)
+        assert response.status_code == 200, response.text
+        return response.json()["predictions"]
+
+    requests_rows = []
+    for caller in range(16):
+        rows: list[list[object]] = []
+        for k in range(1 + caller % 3):
+            image = encode(draw_fundus_like(96 + 16 * k, seed=10 * caller + k), "JPEG")
+            value = b64(image if (caller + k) % 4 else image[:300])  # every 4th truncated
+            rows.append([f"c{caller}-{k}", value])
+        requests_rows.append(rows)
+    alone = {row[0]: post([row])[0] for rows in requests_rows for row in rows}
+    for _ in range(2):
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(post, requests_rows))
+        for rows, predictions in zip(requests_rows, answers, strict=True):
+            assert [p["image_id"] for p in predictions] == [row[0] for row in rows]
+            for prediction in predictions:
+                expected = alone[prediction["image_id"]]
+                if expected["error"] is None:
+                    assert prediction["error"] is None
+                    for column in PROB_COLUMNS:
+                        assert prediction[column] == pytest.approx(expected[column], abs=1e-5)
+                else:
+                    assert "corrupt" in prediction["error"] or "truncated" in prediction["error"]
+                    assert prediction["error"] == expected["error"]
+                    assert prediction["predicted_class"] is None
+
+
 def test_missing_image_column_is_a_4xx_naming_it(server_url: str) -> None:
     payload = {"dataframe_split": {"columns": ["picture"], "data": [["abc"]]}}
     response = requests.post(f"{server_url}/invocations", json=payload, timeout=60)
