@@ -41,9 +41,12 @@ DEFAULT_HOME = ".eye-model"
 #: Default most images per network call, across concurrent requests (serving) or within
 #: one call (in-process scoring). Batch 32 runs 2-7 % faster per image than batch 8.
 DEFAULT_MAX_BATCH = 32
-#: Default longest wait (ms) of a part-filled batch for requests still decoding; measured
-#: with 8 clients posting one image each (scripts/benchmark_predict.py --concurrency).
-DEFAULT_MAX_WAIT_MS = 2.0
+#: Default longest wait (ms) of a part-filled batch for more requests. Measured with 8
+#: clients posting one 512 px image each (scripts/benchmark_concurrency.py --wait-sweep,
+#: servers interleaved, 2-core machine under load): 0 ms gave batches of 3.4 images and
+#: 11.3 ms CPU per image, 2 ms 4.1 and 10.4, 5 ms 4.4 and 10.2 (the most images/s), 10 ms
+#: 4.5 and 10.2. A lone client never waits.
+DEFAULT_MAX_WAIT_MS = 5.0
 #: MLflow's scoring server answers HTTP 504 after this many seconds (its own default).
 DEFAULT_SCORING_TIMEOUT = 60
 #: Decoded pixels one REST request may use: 10 images at the 40 MP limit, about 10 s of

@@ -32,7 +32,7 @@ def test_defaults_match_the_brief() -> None:
     assert settings.model_stage == "Production"
     assert settings.model_version == "latest"
     assert settings.max_batch == 32
-    assert settings.max_wait_ms == 2.0
+    assert settings.max_wait_ms == 5.0
     assert settings.home == Path(".eye-model").resolve()
     assert settings.telemetry_dir == settings.home / "telemetry"
 
