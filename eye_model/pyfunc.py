@@ -5,7 +5,8 @@ signature, called directly (``Model.predict`` adds a large fixed cost per call),
 built once per process for each model (:func:`shared_runner`). Images are decoded
 by :func:`eye_model.preprocess.decode_image` in a thread pool that keeps up to two
 batches of 32 ahead of the network; a one-image request is decoded in the calling
-thread.
+thread. The decoded images of concurrent requests share network calls through the model's
+:class:`~eye_model.batching.NetworkBatcher`.
 """
 
 from __future__ import annotations
