@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from eye_model.cli_options import BOOL
-from eye_model.config import ENV_MANAGERS, SERVING_PORT, TRACKING_PORT
+from eye_model.config import ENV_MANAGERS, METRICS_PORT, SERVING_PORT, TRACKING_PORT
 
 if TYPE_CHECKING:
     from eye_model.settings import Settings
@@ -70,6 +70,12 @@ def stack() -> None:
     "--allowed-hosts", default=None, help="Host headers the tracking server answers (a,b,c)."
 )
 @click.option("--workers", "-w", type=int, default=1, help="Model server worker processes.")
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=METRICS_PORT,
+    help="Prometheus /metrics of the model server (0: none).",
+)
 def stack_up(
     model_uri: str,
     home: str | None,
@@ -82,6 +88,7 @@ def stack_up(
     auth_db_uri: str | None,
     allowed_hosts: str | None,
     workers: int,
+    metrics_port: int,
 ) -> None:
     """Start the servers (those already running are kept) and wait until they are healthy.
 
@@ -131,9 +138,17 @@ def stack_up(
                 # name and version are resolved from it inside the server).
                 env.update(settings_environ(served_uri=model_uri, served_source="stack"))
                 url = start_model_server(
-                    paths, model_uri, port=serving_port, host=host, workers=workers, env=env
+                    paths,
+                    model_uri,
+                    port=serving_port,
+                    host=host,
+                    workers=workers,
+                    env=env,
+                    metrics_port=metrics_port,
                 )
                 click.echo(f"model server: {url}/invocations serving {model_uri}")
+                if metrics_port:
+                    click.echo(f"  metrics: http://{host}:{metrics_port}/metrics (Prometheus)")
     except RuntimeError as exc:  # StackError, or a server that did not start (log tail)
         raise click.ClickException(str(exc)) from None
 

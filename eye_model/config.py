@@ -29,6 +29,8 @@ DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 #: Ports of the brief: tracking server and UI, and the model's REST API.
 TRACKING_PORT = 5000
 SERVING_PORT = 8080
+#: Prometheus `/metrics` of the model server (EYE_MODEL_METRICS_PORT), as the stack runs it.
+METRICS_PORT = 8081
 
 DEFAULT_TRACKING_URI = f"http://localhost:{TRACKING_PORT}"
 DEFAULT_EXPERIMENT_NAME = "eye-disease-classifier"

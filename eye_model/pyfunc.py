@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import importlib.metadata
 import logging
 import shutil
 import tempfile
@@ -43,6 +44,7 @@ from eye_model.input_frame import (
     image_cells,
     input_image_ids,
 )
+from eye_model.metrics import observe_batch, observe_request
 from eye_model.preprocess import FundusImage, ImageError, decode_image
 from eye_model.settings import Settings, env_name, load_settings
 
@@ -234,7 +236,25 @@ class EyeDiseaseClassifier(PythonModel):
         threads = settings.decode_threads
         self._decode_threads = threads
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="eye-model-decode")
-        self._start_telemetry(Path(context.artifacts[_CONFIG_ARTIFACT]).parent.parent, settings)
+        model_dir = Path(context.artifacts[_CONFIG_ARTIFACT]).parent.parent
+        self._start_telemetry(model_dir, settings)
+        if settings.metrics_port and settings.in_scoring_server:
+            from eye_model import metrics
+            from eye_model.telemetry import read_model_identity
+
+            telemetry = self._telemetry
+            identity = (
+                telemetry.identity
+                if telemetry is not None
+                else read_model_identity(model_dir, settings)
+            )
+            metrics.start(
+                settings.metrics_port,
+                host=settings.metrics_host,
+                folder=settings.metrics_dir,
+                model_name=identity.name,
+                model_version=identity.version,
+            )
 
     def _start_telemetry(self, model_dir: Path, settings: Settings) -> None:
         """Track predictions when serving (never in in-process evaluation, never when disabled)."""
@@ -342,6 +362,7 @@ class EyeDiseaseClassifier(PythonModel):
         finally:
             if stats is not None:
                 stats.exception()  # wait; telemetry computes them itself if this failed
+        observe_batch(len(batch))
         share = (time.perf_counter() - start) * 1000.0 / len(batch)
         for row, prob, emb in zip(batch, probabilities, embedding, strict=True):
             row.probabilities = prob
@@ -441,6 +462,7 @@ class EyeDiseaseClassifier(PythonModel):
                 telemetry.record(rows, request_id=request_id, image_ids=image_ids)
             errors = sum(row.error is not None for row in rows)
             log_request(request_id, latency_ms=latency, rows=len(rows), errors=errors)
+        observe_request(rows, time.perf_counter() - start, self.config.class_names)
         return output
 
 
@@ -540,6 +562,7 @@ def pip_requirements() -> list[str]:
         f"tensorflow=={tf.__version__}",
         f"keras=={keras.__version__}",
         f"pillow=={PIL.__version__}",
+        f"prometheus-client=={importlib.metadata.version('prometheus-client')}",
         f"pybase64=={pybase64.__version__}",
         f"simplejpeg=={simplejpeg.__version__}",
         f"numpy=={np.__version__}",

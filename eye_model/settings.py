@@ -27,7 +27,7 @@ from eye_model.config import (
     DEFAULT_MODEL_NAME,
     DEFAULT_TRACKING_URI,
 )
-from eye_model.setting_parsers import (
+from eye_model.setting_values import (
     SettingsError,
     parse_bool,
     parse_choice,
@@ -334,6 +334,28 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
         _seconds("EYE_MODEL_ALERT_COOLDOWN", 3600.0),
     ),
     EnvVar(
+        "EYE_MODEL_METRICS_PORT",
+        "metrics_port",
+        "",
+        "serve Prometheus `/metrics` of the model server on this port (empty: off; the "
+        "stack sets 8081)",
+        lambda value: parse_non_negative_int(value, name="EYE_MODEL_METRICS_PORT", default=0),
+    ),
+    EnvVar(
+        "EYE_MODEL_METRICS_HOST",
+        "metrics_host",
+        "0.0.0.0",
+        "interface of the metrics port (the stack uses its `--host`)",
+        _text("0.0.0.0"),
+    ),
+    EnvVar(
+        "PROMETHEUS_MULTIPROC_DIR",
+        "metrics_dir",
+        "(one per server start)",
+        "folder where the model server's workers add up their metrics (prometheus_client's)",
+        _text(),
+    ),
+    EnvVar(
         "EYE_MODEL_STACK_PROFILE",
         "stack_profile",
         "embedded",
@@ -508,6 +530,9 @@ class Settings:
     max_backlog: int = 200_000
     log_image_ids: bool = False
     alert_cooldown_s: float = 3600.0
+    metrics_port: int = 0
+    metrics_host: str = "0.0.0.0"
+    metrics_dir: str = ""
     stack_profile: str = "embedded"
     backend_store_uri: str = field(default="", repr=False)
     artifacts_destination: str = ""

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from eye_model.config import DEFAULT_TRACKING_URI, SERVING_PORT, TRACKING_PORT
-from eye_model.settings import Settings, env_name, secret_variables
+from eye_model.settings import Settings, env_name, secret_variables, settings_environ
 from eye_model.stack.auth import (
     ADMIN_PASSWORD_ENVS,
     ADMIN_PASSWORD_FILE_ENV,
@@ -389,14 +390,25 @@ def start_model_server(
     env_manager: str = "local",
     workers: int = 1,
     env: dict[str, str] | None = None,
+    metrics_port: int = 0,
 ) -> str:
     """Start ``mlflow models serve`` for ``model_uri`` under a supervisor; returns its base URL.
 
     The supervisor (:mod:`eye_model.stack.supervisor`) restarts the server when it or
-    a worker dies and records the restarts for :func:`stack_status`.
+    a worker dies and records the restarts for :func:`stack_status`. With ``metrics_port``
+    the workers serve Prometheus ``/metrics`` there (:mod:`eye_model.metrics`), summed over
+    every worker since this start, restarts included.
     """
     from eye_model.stack.supervisor import supervised_command
 
+    env = dict(env or {})
+    if metrics_port:
+        folder = paths.home / "metrics"
+        shutil.rmtree(folder, ignore_errors=True)  # a new server starts its counters at 0
+        folder.mkdir(parents=True)
+        env.update(
+            settings_environ(metrics_port=metrics_port, metrics_host=host, metrics_dir=folder)
+        )
     url = _reachable_url(host, port)
     command = supervised_command(
         build_serve_command(

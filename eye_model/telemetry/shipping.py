@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from eye_model.config import INFERENCE_LOG_ARTIFACT_DIR, PROB_COLUMNS
+from eye_model.metrics import count_delivery_failure
 from eye_model.telemetry.config import TelemetryConfig
 from eye_model.telemetry.inference_log import InferenceLog
 from eye_model.telemetry.records import ModelIdentity
@@ -265,6 +266,7 @@ class DeliveryHealth:
 
     def failed(self, exc: BaseException) -> None:
         """The attempt failed with ``exc``."""
+        count_delivery_failure()
         with self._lock:
             self._attempt_since = None
             self._reason = short_error(exc)

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from eye_model.metrics import set_backlog
 from eye_model.telemetry import shutdown
 from eye_model.telemetry.adoption import SessionManifest, adopt_dead_sessions, own_session
 from eye_model.telemetry.config import TelemetryConfig
@@ -157,6 +158,7 @@ class Telemetry:
             self._last_backlog_check = now
             self.log.enforce_backlog(config.max_backlog_records)
         self.health.warn_if_failing(self.log.pending_records)
+        set_backlog(self.log.pending_records())
 
     def _deliver(self, final: bool) -> None:
         """The shipper thread's round: adopt dead sessions once, then deliver this one."""

@@ -19,6 +19,7 @@ import yaml
 from eye_model.config import (
     DEFAULT_EXPERIMENT_NAME,
     DEFAULT_MODEL_NAME,
+    METRICS_PORT,
     SERVING_PORT,
     TRACKING_PORT,
 )
@@ -41,6 +42,7 @@ REQUIRED_SECRETS = {
     "POSTGRES_PASSWORD",
     "MLFLOW_TRACKING_PASSWORD",
     "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    "GRAFANA_ADMIN_PASSWORD",
 }
 
 
@@ -84,10 +86,13 @@ def _without_executable(command: list[str]) -> list[str]:
     return command[len(mlflow_executable()) :]
 
 
-def test_three_services_on_the_brief_ports(services: dict[str, Any]) -> None:
-    assert set(services) == {"postgres", "tracking", "model"}
+def test_the_services_on_the_brief_ports(services: dict[str, Any]) -> None:
+    assert set(services) == {"postgres", "tracking", "model", "prometheus", "grafana"}
     assert services["tracking"]["ports"] == [f"{TRACKING_PORT}:{TRACKING_PORT}"]
-    assert services["model"]["ports"] == [f"{SERVING_PORT}:{SERVING_PORT}"]
+    assert services["model"]["ports"] == [
+        f"{SERVING_PORT}:{SERVING_PORT}",
+        f"{METRICS_PORT}:{METRICS_PORT}",
+    ]
     assert "ports" not in services["postgres"]  # the database is not published on the host
     assert services["tracking"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["model"]["depends_on"]["tracking"]["condition"] == "service_healthy"

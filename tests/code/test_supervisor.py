@@ -272,7 +272,8 @@ def test_a_dead_worker_is_counted_while_its_server_replaces_it(
     orphans = list(workers)
     os.kill(master, signal.SIGKILL)
     _wait_for(lambda: supervised.state.get("restarts") == 2, 15, "the second restart")
-    assert str(supervised.state["last_cause"]).endswith("exit $? exited with code 137")
+    # The cause may also name the killed master, when the supervisor saw it go first.
+    assert "exit $? exited with code 137" in str(supervised.state["last_cause"])
     supervised.wait_running()
     assert supervised.server_pid() != shell
     assert not any(_alive(pid) for pid in orphans)

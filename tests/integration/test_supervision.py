@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import requests
 
 from eye_model.stack import (
     StackPaths,
@@ -30,6 +31,7 @@ from eye_model.stack import (
     stop_service,
 )
 from eye_model.stack.process_tree import child_pids
+from tests.helpers import b64, draw_fundus_like, encode
 
 #: Telemetry has its own tests; these servers must not write into a test's store.
 NO_TELEMETRY = {"ENABLE_MLFLOW_TRACKING": "false"}
@@ -76,6 +78,32 @@ def _uvicorn_workers(supervisor: int) -> list[int]:
     return workers or [uvicorn]
 
 
+def _score_one(url: str) -> None:
+    image = b64(encode(draw_fundus_like(64)))
+    response = requests.post(
+        f"{url}/invocations",
+        json={"dataframe_split": {"columns": ["image"], "data": [[image]]}},
+        timeout=60,
+    )
+    response.raise_for_status()
+    assert response.json()["predictions"][0]["error"] is None
+
+
+def _predictions_counted(metrics_url: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = requests.get(metrics_url, timeout=5).text
+    except requests.RequestException:
+        return -1
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "eye_model_predictions_total"
+    )
+
+
 def _gone(pids: list[int]) -> bool:
     return all(process_identity(pid) is None for pid in pids)
 
@@ -85,9 +113,11 @@ def test_a_killed_worker_of_the_stacks_model_server_answers_again_within_30_s(
     tiny_model_path: Path, tmp_path: Path
 ) -> None:
     paths = StackPaths(tmp_path / "home")
-    port = find_free_port()
+    port, metrics_port = find_free_port(), find_free_port()
     url = f"http://127.0.0.1:{port}"
-    start_model_server(paths, str(tiny_model_path), port=port, env=NO_TELEMETRY)
+    start_model_server(
+        paths, str(tiny_model_path), port=port, env=NO_TELEMETRY, metrics_port=metrics_port
+    )
     supervisor = read_pid_file(paths.pid_file("model"))
     assert supervisor is not None
     everything = [supervisor]
@@ -96,6 +126,7 @@ def test_a_killed_worker_of_the_stacks_model_server_answers_again_within_30_s(
         _wait_for(lambda: json.loads(state.read_text())["state"] == "running", 30, "ready")
         (worker,) = _uvicorn_workers(supervisor)
         everything += _descendants(supervisor)
+        _score_one(url)
         os.kill(worker, signal.SIGKILL)
         killed = time.monotonic()
         _wait_for(lambda: json.loads(state.read_text())["restarts"] == 1, 30, "the restart")
@@ -104,6 +135,10 @@ def test_a_killed_worker_of_the_stacks_model_server_answers_again_within_30_s(
         assert back_after <= 30, f"/ping answered again only after {back_after:.1f} s"
         assert _uvicorn_workers(supervisor) != [worker]
         _wait_for(lambda: json.loads(state.read_text())["state"] == "running", 5, "running")
+        # The stack's metrics count across the restart: the killed server's answer stays.
+        _score_one(url)
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        _wait_for(lambda: _predictions_counted(metrics_url) == 2, 30, "both predictions counted")
 
         status = subprocess.run(
             [*EYE_MODEL, "stack", "status", "--home", str(paths.home)],

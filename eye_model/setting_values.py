@@ -1,6 +1,6 @@
-"""Parsing setting values the way users write them in shells, with errors naming the fix.
+"""Parsers of setting values: each names the setting and the fix in its error.
 
-Pure functions: :mod:`eye_model.settings` declares which variable each one reads.
+:mod:`eye_model.settings` declares the variables and uses these; they know no names.
 """
 
 from __future__ import annotations
