@@ -215,3 +215,61 @@ def test_serving_in_the_models_own_virtualenv(tiny_model_path: Path, tmp_path: P
         stop_process(process)
     # It really ran elsewhere: MLflow logs that it created or reused a virtual environment.
     assert "virtualenv" in log.read_text().lower() or "environment" in log.read_text().lower()
+
+
+@pytest.mark.slow
+def test_sigterm_while_requests_wait_answers_every_request_it_took(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    """Requests queued for the network when SIGTERM arrives are answered, never left hanging."""
+    import os
+    import signal
+    import threading
+    import time
+
+    port = find_free_port()
+    command = build_serve_command(str(tiny_model_path), port=port, env_manager="local")
+    env = server_environment({"ENABLE_MLFLOW_TRACKING": "false", "EYE_MODEL_MAX_WAIT_MS": "50"})
+    process = start_process(command, log_path=tmp_path / "server.log", env=env)
+    url = f"http://127.0.0.1:{port}"
+    image = b64(encode(draw_fundus_like(200, seed=3), "JPEG"))
+    payload = {"dataframe_split": {"columns": ["image"], "data": [[image]] * 4}}
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        with requests.Session() as session:
+            while True:
+                try:
+                    response = session.post(f"{url}/invocations", json=payload, timeout=30)
+                except requests.ConnectionError:
+                    outcome = "refused"  # the server no longer takes requests
+                except requests.Timeout:
+                    outcome = "hung"
+                else:
+                    rows = response.json()["predictions"] if response.ok else []
+                    scored = len(rows) == 4 and all(row["error"] is None for row in rows)
+                    outcome = "answered" if scored else f"HTTP {response.status_code}"
+                with lock:
+                    outcomes.append(outcome)
+                if outcome != "answered":
+                    return
+
+    try:
+        wait_for_http(f"{url}/ping", timeout=180, process=process)
+        threads = [threading.Thread(target=client, daemon=True) for _ in range(12)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 60
+        while len(outcomes) < 24 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGTERM)
+        for thread in threads:
+            thread.join(45)
+        assert process.wait(timeout=30) is not None
+    finally:
+        stop_process(process)
+    assert not any(thread.is_alive() for thread in threads)
+    assert outcomes.count("answered") >= 24
+    # Every request ended answered, or refused once the server had stopped listening.
+    assert set(outcomes) <= {"answered", "refused"}, sorted(set(outcomes))
