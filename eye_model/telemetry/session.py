@@ -33,6 +33,7 @@ class _SessionState:
     sum_ms: float = 0.0
     sum_confidence: float = 0.0
     scored: int = 0
+    sum_batch: int = 0
     class_counts: np.ndarray = field(default_factory=lambda: np.zeros(len(CLASS_NAMES), int))
     # (confidence 0-1 or None, class code or -1 for an error, inference ms)
     window: deque[tuple[float | None, int, float]] = field(default_factory=deque)
@@ -81,6 +82,7 @@ class SessionMetrics:
                 state.sum_ms += record["inference_ms"]
                 if record["status"] == "ok":
                     state.scored += 1
+                    state.sum_batch += int(record.get("batch_size") or 0)
                     state.sum_confidence += record["confidence"]
                     code = CLASS_NAMES.index(record["predicted_class"])
                     state.class_counts[code] += 1
@@ -140,6 +142,8 @@ class SessionMetrics:
             "session_total_predictions": float(state.total),
             "session_avg_inference_time_ms": state.sum_ms / max(state.total, 1),
             "session_avg_confidence": 100.0 * state.sum_confidence / max(state.scored, 1),
+            # Images per network call, averaged over scored images (batching across requests).
+            "session_avg_batch_size": state.sum_batch / max(state.scored, 1),
             "session_error_count": float(state.errors),
             "session_error_rate": state.errors / max(state.total, 1),
         }

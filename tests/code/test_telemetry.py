@@ -45,6 +45,7 @@ def _rows() -> list[ScoredImage]:
         embedding=np.arange(8, dtype=np.float32),
         decode_ms=2.0,
         network_ms=1.5,
+        batch_size=12,
     )
     bad = ScoredImage(index=1, error="image is not valid base64; send ...", decode_ms=0.1)
     return [good, bad]
@@ -58,6 +59,7 @@ def test_records_describe_predictions_without_image_content() -> None:
     assert good["predicted_class"] == "normal"
     assert good["confidence"] == pytest.approx(0.4)
     assert good["inference_ms"] == pytest.approx(3.5)
+    assert (good["batch_size"], bad["batch_size"]) == (12, 0)
     assert good["model_version"] == "3"
     assert good["img_width"] == 128
     assert good["img_format"] == "JPEG"
@@ -143,14 +145,17 @@ def test_credentials_never_reach_tags() -> None:
     assert redact_uri("models:/eye-disease-model/2") == "models:/eye-disease-model/2"
 
 
-def _record(status: str = "ok", confidence: float = 0.9, ms: float = 2.0) -> dict[str, object]:
+def _record(
+    status: str = "ok", confidence: float = 0.9, ms: float = 2.0, batch: int = 1
+) -> dict[str, object]:
     if status != "ok":
-        return {"status": "error", "inference_ms": ms}
+        return {"status": "error", "inference_ms": ms, "batch_size": 0}
     return {
         "status": "ok",
         "confidence": confidence,
         "predicted_class": "normal",
         "inference_ms": ms,
+        "batch_size": batch,
     }
 
 
@@ -160,13 +165,15 @@ def test_session_metrics_number_records_and_queue_every_n() -> None:
     session.count(first)
     assert [r["count"] for r in first] == [1, 2, 3]
     assert session.next_pending() is None  # 3 < every_n
-    session.count([_record(confidence=0.8, ms=4.0) for _ in range(3)])
+    session.count([_record(confidence=0.8, ms=4.0, batch=8) for _ in range(3)])
     step, metrics = session.next_pending()
     assert step == 6
     assert metrics["session_total_predictions"] == 6
     assert metrics["session_error_count"] == 1
     assert metrics["session_avg_confidence"] == pytest.approx(100 * (0.5 + 0.9 + 2.4) / 5)
     assert metrics["class_dist_normal"] == 1.0
+    # Over the scored images only: two ran alone, three in batches of 8.
+    assert metrics["session_avg_batch_size"] == pytest.approx((1 + 1 + 3 * 8) / 5)
     # The window holds the last 4: one error and three at 0.8 (0.8 is not below 0.70).
     assert metrics["recent_avg_confidence"] == pytest.approx(80.0)
     assert metrics["recent_low_confidence_ratio"] == 0.0

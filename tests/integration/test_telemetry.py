@@ -149,6 +149,9 @@ def test_every_prediction_is_a_record_and_a_metric_point(
     assert 0 < metrics["prediction_confidence"] <= 100
     for key in ("session_avg_inference_time_ms", "session_avg_confidence", "recent_avg_confidence"):
         assert key in metrics
+    # One client, two images a request: every network call held that request's two images.
+    assert metrics["session_avg_batch_size"] == 2.0
+    assert {record["batch_size"] for record in got["records"]} == {2}
     for key in ("recent_low_confidence_ratio", "drift_detected", "error_rate", "class_dist_normal"):
         assert key in metrics
     record = got["records"][0]

@@ -166,8 +166,8 @@ def test_text_held_by_arrow_is_read_in_place_with_the_same_results(
     """Base64 in an Arrow column is decoded from views of its buffer, row for row as text."""
     import pyarrow as pa
 
+    from eye_model.input_frame import image_cells
     from eye_model.preprocess import Base64Text
-    from eye_model.pyfunc import image_cells
 
     cases = [(name, value) for name, value, _ in CORPUS if value is None or isinstance(value, str)]
     values = ["padding", *(value for _, value in cases)]
