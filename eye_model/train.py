@@ -17,6 +17,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from eye_model.calibration import build_harder_split
 from eye_model.config import CLASS_NAMES, EMBEDDING_DIMS, PROB_COLUMNS
 from eye_model.data import (
     ImageSet,
@@ -200,7 +201,7 @@ def run_training(config: TrainConfig) -> TrainResult:
     """
     import keras
 
-    from eye_model.network import build_network, recalibrate_batchnorm
+    from eye_model.network import SmoothedSparseCrossentropy, build_network, recalibrate_batchnorm
 
     settings = load_settings()
     mlflow.set_tracking_uri(settings.tracking_uri)
@@ -240,7 +241,7 @@ def run_training(config: TrainConfig) -> TrainResult:
         network = build_network(config.backbone, config.image_size, config.weights)
         network.compile(
             optimizer=keras.optimizers.Adam(config.learning_rate),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            loss=SmoothedSparseCrossentropy(),
             metrics=["accuracy"],
         )
         train_ds = make_tf_dataset(
@@ -278,9 +279,19 @@ def run_training(config: TrainConfig) -> TrainResult:
         )
         _log_figure(plot_training_curves(history.history), "plots/training_curves.png")
 
-        # Calibration on the validation split, judged on the test split.
+        # Calibration on the validation split and a camera-shifted copy of it (a harder
+        # split: confidence has to hold off the training distribution), judged on the test split.
         val_logits, val_embedding = _logits_and_embeddings(network, dataset.validation.pixels)
-        temperature = fit_temperature(val_logits, dataset.validation.labels)
+        hard_logits, _ = _logits_and_embeddings(
+            network, build_harder_split(dataset.validation.pixels, config.seed)
+        )
+        val_labels = dataset.validation.labels
+        temperature = fit_temperature(
+            np.concatenate([val_logits, hard_logits]), np.concatenate([val_labels, val_labels])
+        )
+        mlflow.log_metric(
+            "validation_shifted_accuracy", float((hard_logits.argmax(axis=1) == val_labels).mean())
+        )
         test_logits, _ = _logits_and_embeddings(network, dataset.test.pixels)
         before = calibrated_probabilities(test_logits, 1.0)
         after = calibrated_probabilities(test_logits, temperature)
