@@ -436,3 +436,13 @@ def test_the_real_retina_photo_lies_inside_the_generated_colour_range(
     low, high = np.percentile(generated, [5, 95], axis=0)
     assert np.all(real_mean > low) and np.all(real_mean < high), (real_mean, low, high)
     assert np.all(high - low > 40), "the generated colours should spread widely"
+
+
+def test_cataract_loses_contrast(samples: dict[str, list[Sample]]) -> None:
+    def contrast(sample: Sample) -> float:
+        green = sample.pixels[..., 1][sample.field(0.8)]
+        return float(green.std() / max(green.mean(), 1.0))
+
+    scores = {label: np.mean([contrast(s) for s in rows]) for label, rows in samples.items()}
+    for label in ("diabetic_retinopathy", "glaucoma", "normal"):
+        assert scores["cataract"] < 0.7 * scores[label], scores
