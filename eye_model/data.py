@@ -31,11 +31,11 @@ import pandas as pd
 
 from eye_model.config import CLASS_NAMES
 from eye_model.preprocess import IMAGE_STAT_NAMES, ImageError, check_image_header, decode_image
-from eye_model.synthetic import generate_dataset
+from eye_model.synthetic import GENERATOR_VERSION, generate_dataset
 
 logger = logging.getLogger(__name__)
 
-#: Version of the synthetic cache layout; bump it when the generator changes.
+#: Version of the synthetic cache layout; the generator's own version is part of the key too.
 SYNTHETIC_CACHE_VERSION = "v2"
 
 #: File endings read as images (case-insensitive).
@@ -382,9 +382,14 @@ def synthetic_cache_dir(cache_dir: Path, per_class: int, image_size: int, seed: 
         seed: dataset seed.
 
     Returns:
-        ``cache_dir/synthetic-<version>-n<per_class>-s<image_size>-seed<seed>``.
+        ``cache_dir/synthetic-<version>-g<generator>-n<per_class>-s<image_size>-seed<seed>``,
+        ``<generator>`` being the generator's version: a new generator never serves the
+        images of an old one.
     """
-    name = f"synthetic-{SYNTHETIC_CACHE_VERSION}-n{per_class}-s{image_size}-seed{seed}"
+    name = (
+        f"synthetic-{SYNTHETIC_CACHE_VERSION}-g{GENERATOR_VERSION}"
+        f"-n{per_class}-s{image_size}-seed{seed}"
+    )
     return Path(cache_dir) / name
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
+from eye_model.calibration import build_harder_split
 from eye_model.checkpoints import (
     build_checkpoint_callback,
     checkpoint_dir,
@@ -187,7 +188,7 @@ def fit_network(
     """
     import keras
 
-    from eye_model.network import build_network, recalibrate_batchnorm
+    from eye_model.network import SmoothedSparseCrossentropy, build_network, recalibrate_batchnorm
 
     placement = placement or training_placement()
 
@@ -199,7 +200,7 @@ def fit_network(
         network = build()
         network.compile(
             optimizer=keras.optimizers.Adam(config.learning_rate),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            loss=SmoothedSparseCrossentropy(),
             metrics=["accuracy"],
         )
     placement.prepare(network)
@@ -234,15 +235,21 @@ def fit_network(
 
 
 def _logits_and_embeddings(
-    network: Any, images: ImageSet
+    network: Any,
+    images: ImageSet,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Logits, embeddings and labels of a split, decoded batch by batch (failures left out)."""
+    """Logits, embeddings and labels of a split, decoded batch by batch (failures left out).
+
+    ``transform`` changes each decoded batch's pixels first (e.g. the harder split's shifts).
+    """
     from eye_model.network import build_embedding_model
 
     dual = build_embedding_model(network)
     logits, embedding, labels = [], [], []
     for batch in iter_decoded_batches(images):
-        out_logits, out_embedding = dual(batch.pixels.astype(np.float32), training=False)
+        pixels = batch.pixels if transform is None else transform(batch.pixels)
+        out_logits, out_embedding = dual(pixels.astype(np.float32), training=False)
         logits.append(np.asarray(out_logits))
         embedding.append(np.asarray(out_embedding))
         labels.append(batch.labels)
@@ -423,9 +430,21 @@ def run_training(config: TrainConfig) -> TrainResult:
         )
         _log_figure(plot_training_curves(curves), "plots/training_curves.png")
 
-        # Calibration on the validation split, judged on the test split.
+        # Calibration on the validation split and a camera-shifted copy of it (a harder
+        # split: confidence has to hold off the training distribution), judged on the test split.
         val_logits, val_embedding, val_labels = _logits_and_embeddings(network, dataset.validation)
-        temperature = fit_temperature(val_logits, val_labels)
+        hard_logits, _, hard_labels = _logits_and_embeddings(
+            network,
+            dataset.validation,
+            transform=lambda pixels: build_harder_split(pixels, config.seed),
+        )
+        temperature = fit_temperature(
+            np.concatenate([val_logits, hard_logits]), np.concatenate([val_labels, hard_labels])
+        )
+        mlflow.log_metric(
+            "validation_shifted_accuracy",
+            float((hard_logits.argmax(axis=1) == hard_labels).mean()),
+        )
         test_logits, _, test_labels = _logits_and_embeddings(network, dataset.test)
         before = calibrated_probabilities(test_logits, 1.0)
         after = calibrated_probabilities(test_logits, temperature)

@@ -20,6 +20,7 @@ from eye_model.data import (
     stratified_split,
     synthetic_source_size,
 )
+from eye_model.synthetic import GENERATOR_VERSION
 from tests.helpers import draw_fundus_like, encode
 
 FOLDERS = {
@@ -145,7 +146,7 @@ def test_synthetic_set_is_generated_once_into_the_cache_folder(tmp_path: Path) -
     cache = tmp_path / "cache"
     folder = prepare_synthetic_data(2, 96, 5, cache)
     assert folder.parent == cache
-    assert folder.name == "synthetic-v2-n2-s256-seed5"
+    assert folder.name == f"synthetic-v2-g{GENERATOR_VERSION}-n2-s256-seed5"
     files = discover_images(folder)
     assert files["label"].value_counts().to_dict() == dict.fromkeys(CLASS_NAMES, 2)
     first = files["path"].iat[0]
@@ -154,6 +155,19 @@ def test_synthetic_set_is_generated_once_into_the_cache_folder(tmp_path: Path) -
     assert Path(first).read_bytes() == b"kept"
     # Another seed is another set, beside the first.
     assert prepare_synthetic_data(2, 96, 6, cache) != folder
+
+
+def test_a_new_generator_version_never_reads_the_old_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import eye_model.data
+
+    cache = tmp_path / "cache"
+    current = prepare_synthetic_data(1, 96, 5, cache)
+    monkeypatch.setattr(eye_model.data, "GENERATOR_VERSION", "older")
+    older = prepare_synthetic_data(1, 96, 5, cache)
+    assert older != current
+    assert sorted(p.name for p in cache.iterdir()) == sorted([current.name, older.name])
 
 
 def test_synthetic_images_are_larger_than_the_network_input() -> None:
