@@ -138,11 +138,26 @@ def synthesize(out_dir: str, per_class: int, image_size: int, seed: int) -> None
     help="'local' serves from this environment; the others build the model's own.",
 )
 @click.option("--workers", "-w", type=int, default=1, help="uvicorn worker processes.")
-def serve(model_uri: str, alias: str, port: int, host: str, env_manager: str, workers: int) -> None:
+@click.option(
+    "--shadow",
+    default=None,
+    help="Also score every image with this alias or version of the same registered model, "
+    "after the response; logged as shadow_* metrics [default: EYE_MODEL_SHADOW_ALIAS]",
+)
+def serve(
+    model_uri: str,
+    alias: str,
+    port: int,
+    host: str,
+    env_manager: str,
+    workers: int,
+    shadow: str | None,
+) -> None:
     """Serve a model with `mlflow models serve` (POST images to /invocations).
 
     A supervisor keeps it up: a server or worker that dies is restarted (cause logged);
-    SIGTERM or Ctrl-C stops everything within 10 s.
+    SIGTERM or Ctrl-C stops everything within 10 s. With --shadow, a second version scores
+    the same images off the request path (share: EYE_MODEL_SHADOW_FRACTION).
     """
     from eye_model.registry import RegistryError, resolve_serving_model
     from eye_model.settings import settings_environ
@@ -170,6 +185,7 @@ def serve(model_uri: str, alias: str, port: int, host: str, env_manager: str, wo
             served_source=resolved.source,
             served_name=resolved.name,
             served_version=resolved.version,
+            **({} if shadow is None else {"shadow_alias": shadow}),
         )
     )
     sys.stdout.flush()

@@ -27,9 +27,23 @@ from eye_model.config import (
     DEFAULT_MODEL_NAME,
     DEFAULT_TRACKING_URI,
 )
+from eye_model.setting_values import (
+    SettingsError,
+    parse_bool,
+    parse_choice,
+    parse_non_negative_int,
+    parse_positive_float,
+    parse_positive_int,
+)
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+__all__ = [
+    "SettingsError",
+    "parse_bool",
+    "parse_choice",
+    "parse_non_negative_int",
+    "parse_positive_float",
+    "parse_positive_int",
+]
 
 #: Default of ``EYE_MODEL_HOME``: the local stack's state, relative to the working folder.
 DEFAULT_HOME = ".eye-model"
@@ -51,98 +65,6 @@ TELEMETRY_MODES = ("serving", "always", "never")
 STACK_PROFILES = ("embedded", "production")
 #: The values of ``EYE_MODEL_DEFAULT_PERMISSION`` (MLflow's basic-auth permissions).
 PERMISSIONS = ("READ", "USE", "EDIT", "MANAGE", "NO_PERMISSIONS")
-
-
-class SettingsError(ValueError):
-    """An environment variable holds a value eye-model cannot use (names it and the fix)."""
-
-
-def parse_bool(value: str | bool | None, *, name: str = "value", default: bool = False) -> bool:
-    """Parse a boolean setting the way users write them in shells.
-
-    Args:
-        value: "true"/"false", "1"/"0", "yes"/"no", "on"/"off" (any case), a bool or None.
-        name: the setting's name, used in the error message.
-        default: returned when ``value`` is None.
-
-    Returns:
-        The boolean value.
-
-    Raises:
-        SettingsError: for anything else, naming the setting and the accepted values.
-    """
-    if value is None:
-        return default
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise SettingsError(f"{name}={value!r} is not a boolean; set it to true or false")
-
-
-def _parse_number(
-    value: str | float | None,
-    *,
-    name: str,
-    default: float,
-    kind: type[int] | type[float],
-    minimum: float,
-    inclusive: bool,
-) -> Any:
-    """Parse a number of ``kind`` (int or float) at or above (or above) ``minimum``."""
-    if value is None or str(value).strip() == "":
-        return default
-    what = "a whole number" if kind is int else "a number"
-    bound = f"{'at least' if inclusive else 'above'} {minimum:g}"
-    try:
-        number = kind(str(value).strip())
-    except ValueError:
-        raise SettingsError(
-            f"{name}={value!r} is not {what}; set it to {what} {bound} "
-            f"(default {default:g}) or unset it"
-        ) from None
-    too_small = number < minimum if inclusive else not number > minimum
-    if too_small or number == float("inf"):
-        raise SettingsError(f"{name}={value!r} must be {bound}; the default is {default:g}")
-    return number
-
-
-def parse_positive_int(value: str | int | None, *, name: str, default: int) -> int:
-    """Parse a positive whole number, naming the setting in the error."""
-    number: int = _parse_number(
-        value, name=name, default=default, kind=int, minimum=0, inclusive=False
-    )
-    return number
-
-
-def parse_non_negative_int(value: str | int | None, *, name: str, default: int) -> int:
-    """Parse a whole number that may be 0 (0 usually means "automatic")."""
-    number: int = _parse_number(
-        value, name=name, default=default, kind=int, minimum=0, inclusive=True
-    )
-    return number
-
-
-def parse_positive_float(value: str | float | None, *, name: str, default: float) -> float:
-    """Parse a positive finite number (seconds, for example), naming the setting in the error."""
-    number: float = _parse_number(
-        value, name=name, default=default, kind=float, minimum=0.0, inclusive=False
-    )
-    return number
-
-
-def parse_choice(value: str | None, *, name: str, default: str, choices: tuple[str, ...]) -> str:
-    """Parse one of a fixed list of words (any case), naming the setting and the list."""
-    if value is None or str(value).strip() == "":
-        return default
-    text = str(value).strip()
-    for choice in choices:
-        if text.lower() == choice.lower():
-            return choice
-    raise SettingsError(f"{name}={value!r} is not one of {', '.join(choices)}")
 
 
 @dataclass(frozen=True)
@@ -196,6 +118,13 @@ def _version(value: str | None) -> str:
             "such as 3, or to latest"
         )
     return str(int(text))
+
+
+def _fraction(name: str, value: str | None, default: float) -> float:
+    number = _seconds(name, default)(value) if (value or "").strip() not in ("0", "0.0") else 0.0
+    if number > 1.0:
+        raise SettingsError(f"{name}={value!r} must be a share between 0 and 1")
+    return number
 
 
 def _stage(value: str | None) -> str:
@@ -504,6 +433,21 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
         secret=True,
     ),
     EnvVar(
+        "EYE_MODEL_SHADOW_ALIAS",
+        "shadow_alias",
+        "",
+        "also score each served image with this alias or version of the served model, "
+        "after the response (as `eye-model serve --shadow`)",
+        _text(),
+    ),
+    EnvVar(
+        "EYE_MODEL_SHADOW_FRACTION",
+        "shadow_fraction",
+        "1.0",
+        "share of served images the shadow model scores (0-1)",
+        lambda value: _fraction("EYE_MODEL_SHADOW_FRACTION", value, 1.0),
+    ),
+    EnvVar(
         "EYE_MODEL_DEBUG",
         "debug",
         "false",
@@ -593,6 +537,8 @@ class Settings:
     tracking_username: str = ""
     tracking_password: str = field(default="", repr=False)
     flask_secret_key: str = field(default="", repr=False)
+    shadow_alias: str = ""
+    shadow_fraction: float = 1.0
     debug: bool = False
     served_uri: str = ""
     served_source: str = ""
