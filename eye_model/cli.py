@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from eye_model.cli_lifecycle import retrain
 from eye_model.cli_options import BOOL, training_options
 from eye_model.cli_stack import backup, batch_score, restore, stack
 from eye_model.config import ALIASES, ENV_MANAGERS, SERVING_PORT
@@ -364,7 +365,7 @@ def probe(url: str, interval: float, count: int, timeout: float) -> None:
         sys.exit(1)
 
 
-for _command in (stack, backup, restore, batch_score):
+for _command in (stack, backup, restore, batch_score, retrain):
     main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover

@@ -636,3 +636,17 @@ def temporary_environ(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@contextlib.contextmanager
+def hidden_environ(names: tuple[str, ...]) -> Iterator[None]:
+    """Unset environment variables for the duration of a ``with`` block, then put them back.
+
+    The retraining loop trains in its own process while ``mlflow run`` has set
+    ``MLFLOW_RUN_ID``: hidden, the training run is a new run instead of the loop's.
+    """
+    saved = {key: os.environ.pop(key) for key in names if key in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
