@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from eye_model.cli_lifecycle import retrain
+from eye_model.cli_lifecycle import compare, retrain
 from eye_model.cli_options import BOOL, training_options
 from eye_model.cli_stack import backup, batch_score, restore, stack
 from eye_model.config import ALIASES, ENV_MANAGERS, SERVING_PORT
@@ -221,8 +221,17 @@ def register(model_uri: str, model_name: str) -> None:
 @click.option("--force", type=BOOL, default=False, help="Promote even if the gate refuses.")
 @click.option("--eval-data-dir", default="", help="Gate data (ImageFolder); empty: synthetic.")
 @click.option("--tolerance", type=float, default=0.01, help="Largest macro-F1 drop allowed.")
+@click.option(
+    "--evidence", default="", help="A compare run of this version shadowing Production: gated too."
+)
 def promote(
-    model_name: str, version: str, stage: str, force: bool, eval_data_dir: str, tolerance: float
+    model_name: str,
+    version: str,
+    stage: str,
+    force: bool,
+    eval_data_dir: str,
+    tolerance: float,
+    evidence: str,
 ) -> None:
     """Move a version to Staging, Production or Archived; aliases follow the stages."""
     from eye_model.registry import RegistryError
@@ -236,6 +245,7 @@ def promote(
             force=force,
             eval_data_dir=eval_data_dir,
             tolerance=tolerance,
+            evidence=evidence,
         )
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from None
@@ -365,7 +375,7 @@ def probe(url: str, interval: float, count: int, timeout: float) -> None:
         sys.exit(1)
 
 
-for _command in (stack, backup, restore, batch_score, retrain):
+for _command in (stack, backup, restore, batch_score, retrain, compare):
     main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover

@@ -68,3 +68,26 @@ def retrain(
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(result.summary()))
     sys.exit(0)
+
+
+@click.command()
+@click.option("--model-name", default="", help="Registered name (default MLFLOW_MODEL_NAME).")
+@click.option("--window", type=int, default=1000, help="The last N images both scored; 0: all.")
+@click.option("--labels", default="", help="CSV (request_id,row,label): true accuracy of each.")
+@click.option("--records", default="", help="Folder of shadow-record parts instead of MLflow.")
+def compare(model_name: str, window: int, labels: str, records: str) -> None:
+    """Compare the champion with its shadow challenger (role=comparison run, HTML report).
+
+    Reads the shadow records of `eye-model serve --shadow`; the run's id is the evidence
+    `promote --evidence` takes.
+    """
+    from eye_model.comparison import run_comparison
+
+    settings = click.get_current_context().find_root().obj
+    try:
+        result = run_comparison(
+            settings, model_name=model_name, window=window, labels_path=labels, records_path=records
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(result.summary()))

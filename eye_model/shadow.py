@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from eye_model.config import CLASS_NAMES
+from eye_model.config import CLASS_NAMES, SHADOW_LOG_ARTIFACT_DIR
 from eye_model.settings import Settings, env_name
 
 if TYPE_CHECKING:
@@ -51,8 +51,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Artifact folder of the shadow records in the serving run.
-SHADOW_LOG_ARTIFACT_DIR = "shadow_log"
 #: Tags of a serving run that had a shadow (the comparison job searches by them).
 SHADOW_TAGS = ("shadow.model_name", "shadow.model_version", "shadow.model_uri")
 #: Most requests waiting for the shadow; more are dropped (and counted).

@@ -18,9 +18,9 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
+from eye_model.config import SHADOW_LOG_ARTIFACT_DIR
 from eye_model.pyfunc import ModelConfig, log_model
 from eye_model.registry import promote, register_model
-from eye_model.shadow import SHADOW_LOG_ARTIFACT_DIR
 from eye_model.stack import find_free_port, start_process, stop_process, wait_for_http
 from tests.helpers import TrackingServer, b64, draw_fundus_like, encode
 
@@ -143,6 +143,7 @@ def test_shadow_serving_session_logs_agreement(
     assert {r["served_version"] for r in records} == {"1"}
     assert {r["shadow_version"] for r in records} == {"2"}
     assert all(r["agree"] and r["shadow_confidence"] < r["served_confidence"] for r in records)
+    _compare_and_gate(tracking, tmp_path)
 
 
 def test_a_shadow_that_cannot_load_never_fails_a_request(
@@ -176,3 +177,56 @@ def test_serve_passes_the_shadow_alias_to_the_model_server() -> None:
         check=True,
     )
     assert "--shadow" in result.stdout and "EYE_MODEL_SHADOW_ALIAS" in result.stdout
+
+
+def _cli(tracking: TrackingServer, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.url, "MLFLOW_EXPERIMENT_NAME": EXPERIMENT}
+    command = [sys.executable, "-m", "eye_model.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+
+
+def _compare_and_gate(tracking: TrackingServer, tmp_path: Path) -> None:
+    """`eye-model compare` on the session's shadow records, then `promote --evidence`."""
+    result = _cli(tracking, "compare", "--model-name", NAME, "--window", "0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["n"] == 9 and summary["agreement"] == 1.0
+    assert summary["agreement_ci_low"] < 1.0 and summary["agreement_ci_high"] == 1.0
+    client = MlflowClient(tracking.url)
+    run = client.get_run(summary["run_id"])
+    assert run.data.tags["role"] == "comparison"
+    assert (run.data.tags["champion_version"], run.data.tags["challenger_version"]) == ("1", "2")
+    metrics = run.data.metrics
+    assert metrics["challenger_confidence_mean"] < metrics["champion_confidence_mean"]
+    assert metrics["challenger_estimated_accuracy"] < metrics["champion_estimated_accuracy"]
+    assert metrics["champion_n_ood"] == 0  # these models give no ood_score yet
+    artifacts = {a.path for a in client.list_artifacts(summary["run_id"])}
+    assert {"comparison.json", "comparison_report.html"} <= artifacts
+    # The same classes, so the offline gate alone would pass v2; the shadow evidence
+    # (a lower estimated accuracy) refuses it.
+    gate_data = tmp_path / "gate"
+    for k, name in enumerate(("cataract", "diabetic_retinopathy", "glaucoma", "normal")):
+        (gate_data / name).mkdir(parents=True)
+        for s in range(2):
+            encoded = encode(draw_fundus_like(96, seed=100 + 10 * k + s), "JPEG")
+            (gate_data / name / f"{s}.jpg").write_bytes(encoded)
+    result = _cli(
+        tracking,
+        "promote",
+        "--model-name",
+        NAME,
+        "--version",
+        "2",
+        "--stage",
+        "Production",
+        "--eval-data-dir",
+        str(gate_data),
+        "--evidence",
+        summary["run_id"],
+    )
+    assert result.returncode == 1
+    assert "shadow estimated_accuracy" in result.stderr, result.stderr[-2000:]
+    tags = client.get_model_version(NAME, "2").tags
+    assert tags["gate.evidence_run_id"] == summary["run_id"]
+    assert tags["gate.decision"] == "refused"
+    assert client.get_model_version(NAME, "1").current_stage == "Production"
