@@ -28,8 +28,10 @@ warning and never fails a request.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import queue
 import random
 import shutil
@@ -275,6 +277,10 @@ class ShadowScorer:
         self._runner = shared_runner(local / "artifacts" / "network.keras", self._config)
 
     def _run(self) -> None:
+        # The lowest CPU priority for this thread (Linux threads have their own nice
+        # value): when requests and the shadow compete for a core, requests win.
+        with contextlib.suppress(AttributeError, OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         try:
             self._load()
             logger.info("shadow model %s loaded", self.model_uri)
