@@ -218,7 +218,6 @@ class ShadowScorer:
         )
         self._pending: list[dict[str, Any]] = []
         self._parts: list[Path] = []
-        self._shipped: set[str] = set()
         self._part_number = 0
         self._confidences: list[tuple[int, float]] = []
         self._records_total = 0
@@ -397,10 +396,9 @@ class ShadowScorer:
                     run_id, tags=[RunTag(k, v) for k, v in zip(SHADOW_TAGS, values, strict=True)]
                 )
                 self._tagged = True
-            for path in self._parts:
-                if path.name not in self._shipped:
-                    client.log_artifact(run_id, str(path), SHADOW_LOG_ARTIFACT_DIR)
-                    self._shipped.add(path.name)
+            while self._parts:  # oldest first; a part leaves the list once delivered
+                client.log_artifact(run_id, str(self._parts[0]), SHADOW_LOG_ARTIFACT_DIR)
+                self._parts.pop(0)
             for start in range(0, len(self._confidences), 500):
                 chunk = self._confidences[start : start + 500]
                 client.log_batch(
