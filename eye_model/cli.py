@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from eye_model.cli_lifecycle import compare, retrain
 from eye_model.cli_options import BOOL, training_options
 from eye_model.cli_stack import backup, batch_score, restore, stack
 from eye_model.config import ALIASES, ENV_MANAGERS, SERVING_PORT
@@ -182,11 +183,26 @@ def synthesize(out_dir: str, per_class: int, image_size: int, seed: int) -> None
     help="'local' serves from this environment; the others build the model's own.",
 )
 @click.option("--workers", "-w", type=int, default=1, help="uvicorn worker processes.")
-def serve(model_uri: str, alias: str, port: int, host: str, env_manager: str, workers: int) -> None:
+@click.option(
+    "--shadow",
+    default=None,
+    help="Also score every image with this alias or version of the same registered model, "
+    "after the response; logged as shadow_* metrics [default: EYE_MODEL_SHADOW_ALIAS]",
+)
+def serve(
+    model_uri: str,
+    alias: str,
+    port: int,
+    host: str,
+    env_manager: str,
+    workers: int,
+    shadow: str | None,
+) -> None:
     """Serve a model with `mlflow models serve` (POST images to /invocations).
 
     A supervisor keeps it up: a server or worker that dies is restarted (cause logged);
-    SIGTERM or Ctrl-C stops everything within 10 s.
+    SIGTERM or Ctrl-C stops everything within 10 s. With --shadow, a second version scores
+    the same images off the request path (share: EYE_MODEL_SHADOW_FRACTION).
     """
     from eye_model.registry import RegistryError, resolve_serving_model
     from eye_model.settings import settings_environ
@@ -214,6 +230,7 @@ def serve(model_uri: str, alias: str, port: int, host: str, env_manager: str, wo
             served_source=resolved.source,
             served_name=resolved.name,
             served_version=resolved.version,
+            **({} if shadow is None else {"shadow_alias": shadow}),
         )
     )
     sys.stdout.flush()
@@ -248,8 +265,17 @@ def register(model_uri: str, model_name: str) -> None:
 @click.option("--force", type=BOOL, default=False, help="Promote even if the gate refuses.")
 @click.option("--eval-data-dir", default="", help="Gate data (ImageFolder); empty: synthetic.")
 @click.option("--tolerance", type=float, default=0.01, help="Largest macro-F1 drop allowed.")
+@click.option(
+    "--evidence", default="", help="A compare run of this version shadowing Production: gated too."
+)
 def promote(
-    model_name: str, version: str, stage: str, force: bool, eval_data_dir: str, tolerance: float
+    model_name: str,
+    version: str,
+    stage: str,
+    force: bool,
+    eval_data_dir: str,
+    tolerance: float,
+    evidence: str,
 ) -> None:
     """Move a version to Staging, Production or Archived; aliases follow the stages."""
     from eye_model.registry import RegistryError
@@ -263,6 +289,7 @@ def promote(
             force=force,
             eval_data_dir=eval_data_dir,
             tolerance=tolerance,
+            evidence=evidence,
         )
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from None
@@ -392,7 +419,7 @@ def probe(url: str, interval: float, count: int, timeout: float) -> None:
         sys.exit(1)
 
 
-for _command in (stack, backup, restore, batch_score):
+for _command in (stack, backup, restore, batch_score, retrain, compare):
     main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover

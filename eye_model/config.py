@@ -45,6 +45,8 @@ ENV_MANAGERS: tuple[str, ...] = ("local", "virtualenv", "uv", "conda")
 
 #: Artifact folder of a serving run that holds its inference-log parts.
 INFERENCE_LOG_ARTIFACT_DIR = "inference_log"
+#: Artifact folder of the shadow model's records in a serving run (``eye-model serve --shadow``).
+SHADOW_LOG_ARTIFACT_DIR = "shadow_log"
 
 #: The registry aliases eye-model keeps in step with the stages (Production, Staging).
 ALIASES: tuple[str, ...] = ("champion", "challenger")

@@ -259,6 +259,9 @@ class EyeDiseaseClassifier(PythonModel):
                 model_name=identity.name,
                 model_version=identity.version,
             )
+        from eye_model.shadow import start_shadow  # a second model scoring after the response
+
+        self._shadow = start_shadow(settings, self._telemetry)
 
     def _start_telemetry(self, model_dir: Path, settings: Settings) -> None:
         """Track predictions when serving (never in in-process evaluation, never when disabled)."""
@@ -440,7 +443,8 @@ class EyeDiseaseClassifier(PythonModel):
         start = time.perf_counter()
         gate = self.request_gate(time.monotonic())
         frame = as_input_frame(model_input)
-        rows = self.score_images(image_cells(frame[IMAGE_COLUMN]), gate=gate)
+        cells = image_cells(frame[IMAGE_COLUMN])
+        rows = self.score_images(cells, gate=gate)
         image_ids = input_image_ids(frame)
         serving = getattr(self, "_serving", False)
         output: pd.DataFrame | list[dict[str, Any]]
@@ -469,6 +473,9 @@ class EyeDiseaseClassifier(PythonModel):
                 )
             elif telemetry is not None:
                 telemetry.record(rows, request_id=request_id, image_ids=image_ids)
+            shadow = getattr(self, "_shadow", None)
+            if shadow is not None and not given_up:
+                shadow.submit(cells, rows, request_id)  # scored after the response
             errors = sum(row.error is not None for row in rows)
             log_request(request_id, latency_ms=latency, rows=len(rows), errors=errors)
         observe_request(rows, time.perf_counter() - start, self.config.class_names)

@@ -371,6 +371,7 @@ def promote(
     force: bool = False,
     eval_data_dir: str = "",
     tolerance: float = DEFAULT_TOLERANCE,
+    evidence: str = "",
     client: MlflowClient | None = None,
 ) -> PromotionResult:
     """Move a version to a stage; Production goes through the quality gate.
@@ -387,6 +388,9 @@ def promote(
         force: promote even when the gate refuses.
         eval_data_dir: ImageFolder set for the gate; empty → a fixed-seed synthetic set.
         tolerance: the largest macro-F1 drop allowed.
+        evidence: a ``role=comparison`` run of this version shadowing Production; the
+            gate also refuses when its accuracy is below Production's by more than
+            ``tolerance`` (:func:`eye_model.comparison.evidence_verdict`).
         client: an MLflow client.
 
     Returns:
@@ -412,8 +416,11 @@ def promote(
             result.candidate_macro_f1 = candidate["macro_f1"]
             result.production_macro_f1 = incumbent["macro_f1"]
             worse = result.candidate_macro_f1 < result.production_macro_f1 - tolerance
+            evidence_tags = _evidence(client, evidence, model_name, version, previous, tolerance)
+            worse = worse or evidence_tags.pop("passed", "true") != "true"
             result.decision = "forced" if worse and force else "refused" if worse else "accepted"
             gate_tags = {
+                **evidence_tags,
                 "gate.decision": result.decision,
                 "gate.candidate_macro_f1": f"{result.candidate_macro_f1:.4f}",
                 "gate.production_macro_f1": f"{result.production_macro_f1:.4f}",
@@ -427,10 +434,19 @@ def promote(
             for key, value in gate_tags.items():
                 client.set_model_version_tag(model_name, version, key, value)
             if result.decision == "refused":
+                measure, mine, theirs = (
+                    ("macro-F1", result.candidate_macro_f1, result.production_macro_f1)
+                    if result.candidate_macro_f1 < result.production_macro_f1 - tolerance
+                    else (
+                        f"shadow {gate_tags['gate.evidence_measure']}",
+                        float(gate_tags["gate.evidence_challenger"]),
+                        float(gate_tags["gate.evidence_champion"]),
+                    )
+                )
                 raise PromotionRefused(
                     f"promotion of {model_name} version {version} to Production refused: its "
-                    f"macro-F1 {result.candidate_macro_f1:.4f} is below Production version "
-                    f"{previous}'s {result.production_macro_f1:.4f} by more than {tolerance}; "
+                    f"{measure} {mine:.4f} is below Production version {previous}'s "
+                    f"{theirs:.4f} by more than {tolerance}; "
                     "fix the model, or pass force=true to promote it anyway"
                 )
         if stage == "Production":
@@ -446,6 +462,28 @@ def promote(
     result.aliases = sync_aliases(model_name, client)
     logger.info("%s version %s is now in %s (%s)", model_name, version, stage, result.decision)
     return result
+
+
+def _evidence(
+    client: MlflowClient, run_id: str, name: str, version: str, production: str, tolerance: float
+) -> dict[str, str]:
+    """The gate tags of a comparison run (with ``passed``), or {} without one."""
+    if not run_id.strip():
+        return {}
+    from eye_model.comparison import evidence_verdict
+
+    try:
+        passed, tags = evidence_verdict(
+            client,
+            run_id.strip(),
+            model_name=name,
+            version=version,
+            production=production,
+            tolerance=tolerance,
+        )
+    except (ValueError, MlflowException) as exc:
+        raise RegistryError(f"evidence {run_id}: {str(exc).splitlines()[0]}") from None
+    return {**tags, "passed": str(passed).lower()}
 
 
 def rollback(model_name: str = "", *, client: MlflowClient | None = None) -> PromotionResult:

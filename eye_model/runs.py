@@ -71,6 +71,8 @@ ENTRY_POINT_ROLES: dict[str, str] = {
     "probe": "probe",
     "drift": "drift",
     "batch-score": "batch_score",
+    "retrain": "retrain",
+    "compare": "comparison",
 }
 
 

@@ -115,6 +115,13 @@ def _version(value: str | None) -> str:
     return str(int(text))
 
 
+def _fraction(name: str, value: str | None, default: float) -> float:
+    number = _seconds(name, default)(value) if (value or "").strip() not in ("0", "0.0") else 0.0
+    if number > 1.0:
+        raise SettingsError(f"{name}={value!r} must be a share between 0 and 1")
+    return number
+
+
 def _stage(value: str | None) -> str:
     return parse_choice(
         value,
@@ -460,6 +467,21 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
         secret=True,
     ),
     EnvVar(
+        "EYE_MODEL_SHADOW_ALIAS",
+        "shadow_alias",
+        "",
+        "also score each served image with this alias or version of the served model, "
+        "after the response (as `eye-model serve --shadow`)",
+        _text(),
+    ),
+    EnvVar(
+        "EYE_MODEL_SHADOW_FRACTION",
+        "shadow_fraction",
+        "1.0",
+        "share of served images the shadow model scores (0-1)",
+        lambda value: _fraction("EYE_MODEL_SHADOW_FRACTION", value, 1.0),
+    ),
+    EnvVar(
         "EYE_MODEL_DEBUG",
         "debug",
         "false",
@@ -554,6 +576,8 @@ class Settings:
     tracking_username: str = ""
     tracking_password: str = field(default="", repr=False)
     flask_secret_key: str = field(default="", repr=False)
+    shadow_alias: str = ""
+    shadow_fraction: float = 1.0
     debug: bool = False
     served_uri: str = ""
     served_source: str = ""
@@ -658,3 +682,17 @@ def temporary_environ(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@contextlib.contextmanager
+def hidden_environ(names: tuple[str, ...]) -> Iterator[None]:
+    """Unset environment variables for the duration of a ``with`` block, then put them back.
+
+    The retraining loop trains in its own process while ``mlflow run`` has set
+    ``MLFLOW_RUN_ID``: hidden, the training run is a new run instead of the loop's.
+    """
+    saved = {key: os.environ.pop(key) for key in names if key in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)

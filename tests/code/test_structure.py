@@ -21,7 +21,13 @@ SETTING_PREFIX = "EYE_MODEL_"
 #: Modules that may spell a setting's variable name: the settings table and the CLI's help.
 #: The modules that may spell setting names: settings, and the command line (help texts).
 SETTING_NAME_MODULES = frozenset(
-    {"eye_model.settings", "eye_model.cli", "eye_model.cli_options", "eye_model.cli_stack"}
+    {
+        "eye_model.settings",
+        "eye_model.cli",
+        "eye_model.cli_options",
+        "eye_model.cli_stack",
+        "eye_model.cli_lifecycle",
+    }
 )
 
 
