@@ -17,10 +17,9 @@ Heatmaps go to the caller only: telemetry records the scored rows, which never h
 from __future__ import annotations
 
 import base64
-import io
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -46,6 +45,8 @@ HEATMAP_SIZE_RANGE = (16, 1024)
 OVERLAY_ALPHA = 0.6
 #: Images explained per network call.
 EXPLAIN_BATCH = 32
+#: zlib level of the heatmap PNGs: 1 is about 2.5 x faster than 3 at 224 px, 7 % larger.
+PNG_COMPRESSION = 1
 
 # A "jet"-like colour scale: dark blue (0) - blue - cyan - yellow - red (1).
 _STOPS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
@@ -92,7 +93,11 @@ def last_conv_layer(network: Any) -> Any:
 
 
 class GradCam:
-    """Grad-CAM maps of a Keras network, compiled once: uint8 images and classes in."""
+    """Grad-CAM of a Keras network, compiled once: uint8 images and classes in.
+
+    :meth:`maps` gives the maps; :meth:`heatmaps` the PNG files of the photos with their
+    maps over them, colourised, blended and encoded by TensorFlow in the same batch.
+    """
 
     def __init__(self, network: Any, image_size: int) -> None:
         import keras
@@ -102,6 +107,7 @@ class GradCam:
         both = keras.Model(network.inputs, [layer.output, network.output])
         images_spec = tf.TensorSpec([None, image_size, image_size, 3], tf.uint8)
         classes_spec = tf.TensorSpec([None], tf.int32)
+        lut = tf.constant(colourise(np.linspace(0.0, 1.0, 256)), tf.float32)
 
         @tf.function(input_signature=[images_spec, classes_spec])
         def cams(images: tf.Tensor, classes: tf.Tensor) -> tf.Tensor:
@@ -113,12 +119,33 @@ class GradCam:
             weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
             cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))
             peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
-            cam = tf.math.divide_no_nan(cam, peak)
-            return tf.image.resize(cam[..., None], [image_size, image_size])[..., 0]
+            return tf.math.divide_no_nan(cam, peak)[..., None]  # (n, h, w, 1) at feature size
+
+        @tf.function(input_signature=[images_spec, classes_spec, tf.TensorSpec([], tf.int32)])
+        def pngs(images: tf.Tensor, classes: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+            side = tf.stack([size, size])
+            photo = tf.image.resize(tf.cast(images, tf.float32), side)
+            cam = tf.clip_by_value(tf.image.resize(cams(images, classes), side), 0.0, 1.0)
+            colour = tf.gather(lut, tf.cast(tf.round(cam[..., 0] * 255.0), tf.int32))
+            alpha = OVERLAY_ALPHA * cam
+            blended = tf.clip_by_value(tf.round(photo * (1.0 - alpha) + colour * alpha), 0, 255)
+            return tf.map_fn(
+                lambda image: tf.io.encode_png(image, compression=PNG_COMPRESSION),
+                tf.cast(blended, tf.uint8),
+                fn_output_signature=tf.string,
+            )
 
         self._cams = cams
+        self._pngs = pngs
         self._tf = tf
         self.image_size = image_size
+
+    def _batches(self, pixels: np.ndarray, classes: Sequence[int]) -> Iterator[tuple[Any, Any]]:
+        tf = self._tf
+        for start in range(0, len(pixels), EXPLAIN_BATCH):
+            chunk = np.ascontiguousarray(pixels[start : start + EXPLAIN_BATCH])
+            wanted = np.asarray(classes[start : start + EXPLAIN_BATCH], np.int32)
+            yield tf.constant(chunk), tf.constant(wanted)
 
     def maps(self, pixels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
         """Grad-CAM maps (n, image_size, image_size), 0-1 (1 at each map's peak).
@@ -127,14 +154,21 @@ class GradCam:
             pixels: uint8 images (n, image_size, image_size, 3), as the network takes them.
             classes: the class index to explain for each image.
         """
-        out = []
-        for start in range(0, len(pixels), EXPLAIN_BATCH):
-            chunk = np.ascontiguousarray(pixels[start : start + EXPLAIN_BATCH])
-            wanted = np.asarray(classes[start : start + EXPLAIN_BATCH], np.int32)
-            out.append(self._cams(self._tf.constant(chunk), self._tf.constant(wanted)).numpy())
+        side = [self.image_size, self.image_size]
+        out = [
+            self._tf.image.resize(self._cams(images, wanted), side).numpy()[..., 0]
+            for images, wanted in self._batches(pixels, classes)
+        ]
         if not out:
-            return np.zeros((0, self.image_size, self.image_size), np.float32)
-        return np.concatenate(out)
+            return np.zeros((0, *side), np.float32)
+        return np.clip(np.concatenate(out), 0.0, 1.0)
+
+    def heatmaps(self, pixels: np.ndarray, classes: Sequence[int], size: int) -> list[bytes]:
+        """PNG files, ``size`` pixels square, of each photo with its map over it."""
+        out: list[bytes] = []
+        for images, wanted in self._batches(pixels, classes):
+            out.extend(self._pngs(images, wanted, self._tf.constant(size, self._tf.int32)).numpy())
+        return out
 
 
 _GRADCAMS: weakref.WeakKeyDictionary[Any, GradCam] = weakref.WeakKeyDictionary()
@@ -156,30 +190,6 @@ def colourise(cam: np.ndarray) -> np.ndarray:
     flat = np.clip(cam, 0.0, 1.0).ravel()
     rgb = np.stack([np.interp(flat, _STOPS, _COLOURS[:, c]) for c in range(3)], axis=-1)
     return rgb.reshape(*cam.shape, 3).astype(np.uint8)
-
-
-def overlay(pixels: np.ndarray, cam: np.ndarray, size: int) -> np.ndarray:
-    """The photo with the map over it, ``size`` pixels square, as RGB uint8."""
-    from PIL import Image
-
-    photo = np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR))
-    scaled = np.asarray(
-        Image.fromarray(cam.astype(np.float32), mode="F").resize(
-            (size, size), Image.Resampling.BILINEAR
-        )
-    )
-    alpha = (OVERLAY_ALPHA * np.clip(scaled, 0.0, 1.0))[..., None]
-    blended = photo.astype(np.float32) * (1 - alpha) + colourise(scaled) * alpha
-    return np.round(blended).astype(np.uint8)
-
-
-def png_base64(rgb: np.ndarray) -> str:
-    """RGB uint8 pixels as base64 PNG text."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, "PNG", optimize=False, compress_level=3)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _pixels(model: Any, row: Any, value: object) -> np.ndarray:
@@ -207,10 +217,9 @@ def heatmaps(model: Any, rows: Sequence[Any], values: Sequence[object], size: in
     if not kept:
         return result
     classes = [int(np.argmax(rows[i].probabilities)) for i in kept]
-    stack = np.stack(pixels)
-    maps = gradcam_of(model.runner).maps(stack, classes)
-    for i, photo, cam in zip(kept, stack, maps, strict=True):
-        result[i] = png_base64(overlay(photo, cam, size))
+    files = gradcam_of(model.runner).heatmaps(np.stack(pixels), classes, size)
+    for i, png in zip(kept, files, strict=True):
+        result[i] = base64.b64encode(png).decode("ascii")
     return result
 
 

@@ -16,7 +16,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from eye_model.explain import GradCam, colourise, last_conv_layer, overlay
+from eye_model.explain import OVERLAY_ALPHA, GradCam, colourise, last_conv_layer
 from eye_model.preprocess import decode_image
 from eye_model.pyfunc import OUTPUT_COLUMNS
 from tests.conftest import TINY_IMAGE_SIZE
@@ -107,16 +107,20 @@ def test_gradcam_equals_an_eager_grad_cam_of_the_last_conv_block(tiny_network) -
     assert maps.max() <= 1.0 + 1e-6 and maps.min() >= 0.0
 
 
-def test_overlay_leaves_the_photo_where_the_map_is_zero_and_colours_its_peak() -> None:
-    photo = np.full((32, 32, 3), 100, np.uint8)
-    cam = np.zeros((32, 32), np.float32)
-    cam[8:16, 8:16] = 1.0
-    out = overlay(photo, cam, 32)
-    assert (out[24:, 24:] == 100).all()  # far from the peak: the photo unchanged
-    red = colourise(np.ones((1, 1)))[0, 0]
-    assert tuple(red) == (220, 0, 0)
-    expected = np.round(100 * 0.4 + red * 0.6)
-    np.testing.assert_allclose(out[11, 11], expected, atol=1)
+def test_the_heatmap_png_is_the_photo_blended_with_the_coloured_map(tiny_network) -> None:
+    pixels = np.stack([decode_image(v, TINY_IMAGE_SIZE).require_pixels() for v in _images(2)])
+    cam = GradCam(tiny_network, TINY_IMAGE_SIZE)
+    maps = cam.maps(pixels, [1, 2])
+    files = cam.heatmaps(pixels, [1, 2], TINY_IMAGE_SIZE)
+    assert [f[:8] for f in files] == [b"\x89PNG\r\n\x1a\n"] * 2
+    for photo, cam_map, png in zip(pixels, maps, files, strict=True):
+        got = np.asarray(Image.open(io.BytesIO(png)), np.float32)
+        alpha = (OVERLAY_ALPHA * cam_map)[..., None]
+        colour = colourise(np.round(cam_map * 255) / 255).astype(np.float32)
+        expected = photo * (1 - alpha) + colour * alpha
+        assert np.abs(got - expected).max() <= 2.0
+        assert cam_map.min() < 0.9 and cam_map.max() == pytest.approx(1.0, abs=0.05)
+    assert tuple(colourise(np.ones((1, 1)))[0, 0]) == (220, 0, 0)
 
 
 def test_a_model_logged_without_params_keeps_working(tiny_model_path: Path, tmp_path: Path) -> None:
