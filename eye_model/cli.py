@@ -85,9 +85,13 @@ def main(ctx: click.Context, debug: bool) -> None:
 @training_options
 def train(**params: object) -> None:
     """Train, calibrate, evaluate and log a pyfunc model (synthetic data when no data-dir)."""
+    from eye_model.checkpoints import ResumeError
     from eye_model.train import TrainConfig, run_training
 
-    result = run_training(TrainConfig(**params))  # type: ignore[arg-type]
+    try:
+        result = run_training(TrainConfig(**params))  # type: ignore[arg-type]
+    except ResumeError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(
         json.dumps(
             {
@@ -97,6 +101,46 @@ def train(**params: object) -> None:
                 "test_accuracy": result.metrics.get("test_accuracy"),
                 "test_macro_f1": result.metrics.get("test_macro_f1"),
                 "test_ece": result.metrics.get("test_ece"),
+            }
+        )
+    )
+
+
+@main.command()
+@click.option("--data-dir", default="", help="ImageFolder dataset root; empty: synthetic.")
+@click.option("--synthetic-per-class", type=int, default=300, help="Synthetic images per class.")
+@click.option("--image-size", type=int, default=224, help="Network input side, in pixels.")
+@click.option("--epochs", type=int, default=10, help="Most epochs of each trial.")
+@click.option("--trials", type=int, default=20, help="Most trials.")
+@click.option(
+    "--timeout-minutes", type=float, default=0.0, help="Start no trial after this; 0: no limit."
+)
+@click.option(
+    "--backbones",
+    default="small_cnn,mobilenet_v3_small,efficientnet_b0",
+    help="Backbones to search (comma-separated).",
+)
+@click.option("--batch-sizes", default="16,32,64", help="Batch sizes to search (comma-separated).")
+@click.option("--learning-rate-min", type=float, default=1e-4, help="Lowest learning rate.")
+@click.option("--learning-rate-max", type=float, default=1e-2, help="Highest learning rate.")
+@click.option("--weights", default="none", help="none, imagenet or a weights file.")
+@click.option("--seed", type=int, default=42, help="Seed of split, sampler and trials.")
+def tune(**params: object) -> None:
+    """Search learning rate, batch size and backbone (Optuna; each trial a nested run)."""
+    from eye_model.tune import TuneConfig, run_tuning
+
+    try:
+        result = run_tuning(TuneConfig(**params))  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        json.dumps(
+            {
+                "run_id": result.run_id,
+                "best_params": result.best_params,
+                "best_val_macro_f1": result.best_value,
+                "trials_complete": result.trials_complete,
+                "trials_pruned": result.trials_pruned,
             }
         )
     )

@@ -36,6 +36,18 @@ def training_options(function: Callable[..., Any]) -> Callable[..., Any]:
             "--seed", type=int, default=42, help="Seed of data, split and initialisation."
         ),
         click.option("--register-as", default="", help="Register under this name; empty: do not."),
+        click.option(
+            "--folds",
+            type=int,
+            default=0,
+            help="k-fold cross-validation (nested runs) before the final fit; 0: off.",
+        ),
+        click.option(
+            "--resume",
+            default="",
+            help="Continue this interrupted training run (same run, its own parameters) "
+            "from its last checkpoint; empty: a new run.",
+        ),
     ]
     for option in reversed(options):
         function = option(function)

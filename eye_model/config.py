@@ -17,6 +17,10 @@ PROB_COLUMNS: tuple[str, ...] = tuple(f"prob_{name}" for name in CLASS_NAMES)
 #: Length of the reduced image embedding kept for drift monitoring (``emb_0`` …).
 EMBEDDING_DIMS = 8
 
+#: The values of ``EYE_MODEL_FUNDUS_CHECK``: refuse, or score with a warning, an image that is
+#: not a gradable colour fundus photograph; or do not check.
+FUNDUS_CHECK_MODES: tuple[str, ...] = ("refuse", "warn", "off")
+
 #: Side of the square network input, in pixels.
 DEFAULT_IMAGE_SIZE = 224
 

@@ -1,11 +1,16 @@
-"""Training data: folder discovery, label normalisation, de-duplication, splits, tf.data.
+"""Training data: folder discovery, label normalisation, de-duplication, splits, streaming.
 
 The public fundus dataset uses the ImageFolder layout ``<root>/<class>/<image>``;
 without one, :func:`prepare_synthetic_data` generates a synthetic set in that
 layout once into a cache folder (:attr:`eye_model.settings.Settings.cache_dir`).
-Images are decoded once, by :func:`eye_model.preprocess.decode_image` (the
-same function the served model calls), in a thread pool, and kept in memory
-as uint8 arrays: 4,200 images at 224 px take about 630 MB.
+
+Nothing holds the images in memory: loading reads each file once to hash its bytes
+(duplicates) and check its header (unreadable files), and the splits are lists of
+files. Pixels are decoded when a split is read, by
+:func:`eye_model.preprocess.decode_image` (the same function the served model calls):
+in a ``tf.data`` pipeline for training (:func:`make_tf_dataset`) and batch by batch
+for calibration and profiles (:func:`iter_decoded_batches`). A file that fails to
+decode then is skipped and counted (:class:`DecodeFailures`), never a crash.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import hashlib
 import logging
 import os
 import re
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +30,12 @@ import numpy as np
 import pandas as pd
 
 from eye_model.config import CLASS_NAMES
-from eye_model.preprocess import IMAGE_STAT_NAMES, FundusImage, ImageError, decode_image
-from eye_model.synthetic import generate_dataset
+from eye_model.preprocess import IMAGE_STAT_NAMES, ImageError, check_image_header, decode_image
+from eye_model.synthetic import GENERATOR_VERSION, generate_dataset
 
 logger = logging.getLogger(__name__)
 
-#: Version of the synthetic cache layout; bump it when the generator changes.
+#: Version of the synthetic cache layout; the generator's own version is part of the key too.
 SYNTHETIC_CACHE_VERSION = "v2"
 
 #: File endings read as images (case-insensitive).
@@ -104,19 +111,17 @@ def discover_images(data_dir: str | Path) -> pd.DataFrame:
 
 @dataclass
 class ImageSet:
-    """Decoded images of one split.
+    """The image files of one split; pixels are decoded only when the split is read.
 
     Attributes:
-        pixels: uint8 array (n, size, size, 3).
+        sources: the image files (kept local, never logged).
         labels: int array (n,), indices into ``CLASS_NAMES``.
-        stats: image statistics per image (the columns of ``IMAGE_STAT_NAMES``).
-        sources: the source file of each image (kept local, never logged).
+        image_size: side of the square the files are decoded to, in pixels.
     """
 
-    pixels: np.ndarray
+    sources: list[str]
     labels: np.ndarray
-    stats: pd.DataFrame
-    sources: list[str] = field(default_factory=list)
+    image_size: int
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -125,6 +130,13 @@ class ImageSet:
         """Images per class."""
         counts = np.bincount(self.labels, minlength=len(CLASS_NAMES))
         return {name: int(c) for name, c in zip(CLASS_NAMES, counts, strict=True)}
+
+    def sample(self, n: int, seed: int = 0) -> ImageSet:
+        """At most ``n`` images drawn without replacement (all of them when fewer), in order."""
+        if len(self) <= n:
+            return self
+        index = np.sort(np.random.default_rng(seed).choice(len(self), n, replace=False))
+        return ImageSet([self.sources[i] for i in index], self.labels[index], self.image_size)
 
 
 @dataclass
@@ -139,14 +151,124 @@ class Dataset:
     description: dict[str, object] = field(default_factory=dict)
 
 
-def _read_and_decode(path: str, image_size: int) -> tuple[str, FundusImage | str]:
-    """The file's SHA-256 and decoded image, or an empty digest and the error message."""
+class DecodeFailures:
+    """Files that passed the header check but failed to decode later; counted, never fatal.
+
+    Thread-safe: the ``tf.data`` pipeline and the decoding threads report here. A file is
+    counted once however often it is read (once per epoch in training).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._failed: set[str] = set()
+
+    def report(self, source: str, error: str) -> None:
+        """Record one failure; the first time a file fails, log the reason (never its name)."""
+        with self._lock:
+            if source in self._failed:
+                return
+            self._failed.add(source)
+            count = len(self._failed)
+        logger.warning("skipping an image that failed to decode (#%d): %s", count, error)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._failed)
+
+
+#: Decode failures of this process (training runs one dataset per process).
+DECODE_FAILURES = DecodeFailures()
+
+
+def _scan_file(path: str) -> tuple[str, str]:
+    """The file's SHA-256 and an empty error, or an empty digest and the error message.
+
+    Only the header is parsed (format, size); no pixel is decoded.
+    """
     try:
         data = Path(path).read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
-        return digest, decode_image(data, image_size, with_stats=True)
+        check_image_header(data)
+        return hashlib.sha256(data).hexdigest(), ""
     except (OSError, ImageError) as exc:
         return "", str(exc)
+
+
+def read_image_file(
+    path: str, image_size: int, *, with_stats: bool = False, failures: DecodeFailures | None = None
+) -> tuple[np.ndarray, dict[str, float]] | None:
+    """Decode one image file as the served model would, or None (reported) when it fails.
+
+    Args:
+        path: the image file.
+        image_size: side of the decoded square, in pixels.
+        with_stats: also compute the image statistics (``IMAGE_STAT_NAMES``).
+        failures: where a failure is reported (default: :data:`DECODE_FAILURES`).
+
+    Returns:
+        uint8 pixels (image_size, image_size, 3) and the statistics (empty without
+        ``with_stats``), or None.
+    """
+    try:
+        image = decode_image(Path(path).read_bytes(), image_size, with_stats=with_stats)
+    except (OSError, ImageError) as exc:
+        (failures or DECODE_FAILURES).report(path, str(exc))
+        return None
+    return image.require_pixels(), image.stats
+
+
+@dataclass
+class DecodedBatch:
+    """A batch of decoded images: the files that failed to decode are left out."""
+
+    pixels: np.ndarray
+    labels: np.ndarray
+    stats: pd.DataFrame
+
+
+def iter_decoded_batches(
+    images: ImageSet,
+    *,
+    batch_size: int = 64,
+    with_stats: bool = False,
+    workers: int | None = None,
+) -> Iterator[DecodedBatch]:
+    """Decode a split batch by batch in a thread pool; memory holds one batch at a time.
+
+    Args:
+        images: the split.
+        batch_size: images per batch (the last may be smaller, or smaller by failures).
+        with_stats: compute the image statistics (the ``stats`` frame's columns are
+            ``IMAGE_STAT_NAMES``; empty without).
+        workers: decoding threads (default: the number of CPUs).
+
+    Yields:
+        Decoded batches in the split's order; empty batches are not yielded.
+    """
+    columns = list(IMAGE_STAT_NAMES) if with_stats else []
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2) as pool:
+        for start in range(0, len(images), batch_size):
+            paths = images.sources[start : start + batch_size]
+            decoded = list(
+                pool.map(
+                    lambda p: read_image_file(p, images.image_size, with_stats=with_stats), paths
+                )
+            )
+            kept = [i for i, item in enumerate(decoded) if item is not None]
+            if not kept:
+                continue
+            yield DecodedBatch(
+                pixels=np.stack([decoded[i][0] for i in kept]),  # type: ignore[index]
+                labels=images.labels[start : start + batch_size][kept],
+                stats=pd.DataFrame([decoded[i][1] for i in kept], columns=columns),  # type: ignore[index]
+            )
+
+
+def decode_all(images: ImageSet) -> np.ndarray:
+    """All of a split's pixels in one uint8 array: only for bounded samples (see ``sample``)."""
+    batches = [b.pixels for b in iter_decoded_batches(images)]
+    if not batches:
+        return np.zeros((0, images.image_size, images.image_size, 3), np.uint8)
+    return np.concatenate(batches)
 
 
 def stratified_split(
@@ -183,32 +305,32 @@ def load_dataset(
     seed: int = 42,
     workers: int | None = None,
 ) -> Dataset:
-    """Discover, decode, de-duplicate and split an ImageFolder dataset.
+    """Discover, check, de-duplicate and split an ImageFolder dataset, decoding nothing.
 
-    Unreadable files are skipped with a warning and counted. Files with the same
-    content (SHA-256) count once, so no image can sit in two splits.
+    Each file is read once to hash its bytes and check its header. Unreadable files are
+    skipped with a warning and counted. Files with the same content (SHA-256) count once,
+    so no image can sit in two splits.
 
     Args:
         data_dir: the dataset root (one folder per class).
-        image_size: side of the decoded square images, in pixels.
+        image_size: side of the square the splits' files are decoded to, in pixels.
         seed: seed of the stratified split.
-        workers: decoding threads (default: the number of CPUs).
+        workers: reading threads (default: the number of CPUs).
 
     Returns:
-        The dataset with its three splits.
+        The dataset with its three splits (lists of files).
     """
     files = discover_images(data_dir)
     workers = workers or os.cpu_count() or 2
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        decoded = list(pool.map(lambda p: _read_and_decode(p, image_size), files["path"]))
+        scanned = list(pool.map(_scan_file, files["path"]))
     seen: dict[str, int] = {}
     keep: list[int] = []
-    images: list[FundusImage] = []
     unreadable = duplicates = 0
-    for i, (digest, result) in enumerate(decoded):
-        if isinstance(result, str):
+    for i, (digest, error) in enumerate(scanned):
+        if error:
             unreadable += 1
-            logger.warning("skipping unreadable image #%d: %s", unreadable, result)
+            logger.warning("skipping unreadable image #%d: %s", unreadable, error)
             continue
         if digest in seen:
             duplicates += 1
@@ -218,7 +340,6 @@ def load_dataset(
             continue
         seen[digest] = i
         keep.append(i)
-        images.append(result)
     if unreadable:
         logger.warning("skipped %d unreadable image file(s) of %d", unreadable, len(files))
     if duplicates:
@@ -227,17 +348,10 @@ def load_dataset(
         raise DataError(f"no readable images in {str(data_dir)!r}")
     labels = np.array([CLASS_NAMES.index(files["label"].iat[i]) for i in keep])
     sources = [files["path"].iat[i] for i in keep]
-    stats = pd.DataFrame([img.stats for img in images], columns=list(IMAGE_STAT_NAMES))
-    pixels = np.stack([img.require_pixels() for img in images])
     splits = stratified_split(labels, seed=seed)
 
     def subset(index: np.ndarray) -> ImageSet:
-        return ImageSet(
-            pixels=pixels[index],
-            labels=labels[index],
-            stats=stats.iloc[index].reset_index(drop=True),
-            sources=[sources[i] for i in index],
-        )
+        return ImageSet([sources[i] for i in index], labels[index], image_size)
 
     dataset = Dataset(
         train=subset(splits[0]),
@@ -268,9 +382,14 @@ def synthetic_cache_dir(cache_dir: Path, per_class: int, image_size: int, seed: 
         seed: dataset seed.
 
     Returns:
-        ``cache_dir/synthetic-<version>-n<per_class>-s<image_size>-seed<seed>``.
+        ``cache_dir/synthetic-<version>-g<generator>-n<per_class>-s<image_size>-seed<seed>``,
+        ``<generator>`` being the generator's version: a new generator never serves the
+        images of an old one.
     """
-    name = f"synthetic-{SYNTHETIC_CACHE_VERSION}-n{per_class}-s{image_size}-seed{seed}"
+    name = (
+        f"synthetic-{SYNTHETIC_CACHE_VERSION}-g{GENERATOR_VERSION}"
+        f"-n{per_class}-s{image_size}-seed{seed}"
+    )
     return Path(cache_dir) / name
 
 
@@ -331,7 +450,11 @@ def make_tf_dataset(
     training: bool,
     seed: int = 0,
 ) -> Any:
-    """A tf.data pipeline over decoded images: shuffle, batch, augment in parallel, prefetch.
+    """A tf.data pipeline that reads the files: shuffle, decode in parallel, batch, augment.
+
+    Files are decoded by :func:`read_image_file` (the serving decoder) on every pass, in
+    parallel and in order; one that fails is dropped from the stream and counted in
+    :data:`DECODE_FAILURES`. Memory holds the prefetched batches, not the split.
 
     Args:
         images: the split.
@@ -344,9 +467,33 @@ def make_tf_dataset(
     """
     import tensorflow as tf
 
-    dataset = tf.data.Dataset.from_tensor_slices((images.pixels, images.labels))
+    image_size = images.image_size
+    blank = np.zeros((image_size, image_size, 3), np.uint8)
+
+    def decode(path: bytes) -> tuple[np.ndarray, bool]:
+        item = read_image_file(os.fsdecode(path), image_size)
+        return (blank, False) if item is None else (item[0], True)
+
+    def load(path: Any, label: Any) -> tuple[Any, Any, Any]:
+        pixels, ok = tf.numpy_function(decode, [path], [tf.uint8, tf.bool], stateful=False)
+        pixels.set_shape((image_size, image_size, 3))
+        ok.set_shape(())
+        return pixels, label, ok
+
+    # File names as the file system's bytes: any name a folder holds survives the round trip.
+    paths = tf.constant([os.fsencode(p) for p in images.sources], dtype=tf.string)
+    dataset = tf.data.Dataset.from_tensor_slices((paths, images.labels.astype(np.int64)))
     if training:
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.filter(lambda x, y, ok: ok).map(lambda x, y, ok: (x, y))
+    return batch_and_augment(dataset, batch_size=batch_size, training=training, seed=seed)
+
+
+def batch_and_augment(dataset: Any, *, batch_size: int, training: bool, seed: int = 0) -> Any:
+    """Batch (uint8 images, labels), cast to float32 0-255, augment when training, prefetch."""
+    import tensorflow as tf
+
     dataset = dataset.batch(batch_size)
     dataset = dataset.map(
         lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE

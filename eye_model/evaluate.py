@@ -205,12 +205,13 @@ def plot_reliability(labels: np.ndarray, before: np.ndarray, after: np.ndarray, 
     return fig
 
 
-def score_files(model_uri: str, paths: Sequence[str]):
+def score_files(model_uri: str, paths: Sequence[str], chunk: int = 256):
     """Score image files with a logged model, sending them as a REST client would (base64).
 
     Args:
         model_uri: any MLflow model URI.
         paths: image files.
+        chunk: files read and scored at a time, so memory does not grow with ``paths``.
 
     Returns:
         The model's output frame, one row per file.
@@ -221,8 +222,14 @@ def score_files(model_uri: str, paths: Sequence[str]):
     import pandas as pd
 
     model = mlflow.pyfunc.load_model(model_uri)
-    encoded = [base64.b64encode(Path(p).read_bytes()).decode("ascii") for p in paths]
-    return model.predict(pd.DataFrame({"image": encoded}))
+    frames = []
+    for start in range(0, max(len(paths), 1), chunk):
+        encoded = [
+            base64.b64encode(Path(p).read_bytes()).decode("ascii")
+            for p in paths[start : start + chunk]
+        ]
+        frames.append(model.predict(pd.DataFrame({"image": encoded})))
+    return pd.concat(frames, ignore_index=True)
 
 
 def evaluate_model_on_folder(model_uri: str, data_dir: str | Path) -> dict[str, float]:

@@ -1,7 +1,8 @@
 """The compiled network of a served model: its config, and a runner built once per process.
 
-uint8 images go in, calibrated probabilities and reduced embeddings come out, through one
-``tf.function`` traced at load time (Keras ``Model.predict`` adds a large fixed cost per
+uint8 images go in, calibrated probabilities, reduced embeddings and (when the model has its
+statistics) the out-of-distribution score come out, through one ``tf.function`` traced at
+load time (Keras ``Model.predict`` adds a large fixed cost per
 call). Knows nothing of MLflow; :mod:`eye_model.pyfunc` wraps it.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from eye_model.config import CLASS_NAMES, EMBEDDING_DIMS
+from eye_model.ood import OodStatistics, score_ood
 
 #: Byte alignment of arrays handed to TensorFlow without a copy (Eigen's largest, AVX-512).
 TENSOR_ALIGNMENT = 64
@@ -35,6 +37,8 @@ class ModelConfig:
         embedding_mean: mean of the penultimate-layer embedding on the validation split.
         embedding_projection: (embedding size x EMBEDDING_DIMS) PCA projection; empty = the
             first EMBEDDING_DIMS components are kept.
+        ood: the out-of-distribution statistics (:class:`eye_model.ood.OodStatistics` as a
+            dict); empty (models trained before them) = ``ood_score`` is null.
         extra: anything else worth keeping with the model (data description, metrics).
     """
 
@@ -44,6 +48,7 @@ class ModelConfig:
     backbone: str = "small_cnn"
     embedding_mean: list[float] = field(default_factory=list)
     embedding_projection: list[list[float]] = field(default_factory=list)
+    ood: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -59,7 +64,10 @@ class ModelConfig:
 
 
 class NetworkRunner:
-    """The network compiled once for serving: uint8 images in, probabilities and embeddings out.
+    """The network compiled once for serving: uint8 images in; probabilities, embeddings out.
+
+    The out-of-distribution score is computed in the same graph, from the logits and the
+    embedding the network computes anyway (see :mod:`eye_model.ood`).
 
     Thread-safe: the scoring server may call it from several threads at once.
     """
@@ -84,12 +92,18 @@ class NetworkRunner:
         projection_t = tf.constant(projection)
         mean_t = tf.constant(mean)
         spec = tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.uint8, name="images")
+        ood = OodStatistics.from_dict(config.ood)
+        #: Whether ``run`` gives an ``ood_score`` (the model was stored with its statistics).
+        self.has_ood = ood is not None
 
         @tf.function(input_signature=[spec])
-        def run(images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        def run(images: tf.Tensor) -> tuple[tf.Tensor, ...]:
             logits, embedding = dual(tf.cast(images, tf.float32), training=False)
             probabilities = tf.nn.softmax(logits / temperature, axis=-1)
-            return probabilities, tf.matmul(embedding - mean_t, projection_t)
+            reduced = tf.matmul(embedding - mean_t, projection_t)
+            if ood is None:
+                return probabilities, reduced
+            return probabilities, reduced, score_ood(logits, embedding, ood)
 
         self._run = run
         self._tf = tf
@@ -111,21 +125,24 @@ class NetworkRunner:
             return self._tf.experimental.dlpack.from_dlpack(images.__dlpack__())
         return self._tf.convert_to_tensor(images)
 
-    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Score a batch.
 
         Args:
             images: uint8 array (n, size, size, 3).
 
         Returns:
-            Probabilities (n, classes) as float64 summing to 1, and reduced embeddings
-            (n, EMBEDDING_DIMS) as float32.
+            Probabilities (n, classes) as float64 summing to 1, reduced embeddings
+            (n, EMBEDDING_DIMS) as float32, and ``ood_score`` (n,) as float64 (>= 1.0:
+            beyond the validation split's 99th percentile), or None for a model stored
+            without its out-of-distribution statistics.
         """
-        probabilities, embedding = self._run(self._as_tensor(images))
-        probabilities = probabilities.numpy().astype(np.float64)
+        outputs = self._run(self._as_tensor(images))
+        probabilities = outputs[0].numpy().astype(np.float64)
         # Renormalise in float64 so a client's sum check holds to 1e-9.
         probabilities /= probabilities.sum(axis=1, keepdims=True)
-        return probabilities, embedding.numpy()
+        ood = outputs[2].numpy().astype(np.float64) if self.has_ood else None
+        return probabilities, outputs[1].numpy(), ood
 
 
 def aligned_stack(arrays: list[np.ndarray]) -> np.ndarray:

@@ -174,6 +174,36 @@ def build_network(
     return build_backbone_network(backbone, image_size, weights, num_classes)
 
 
+#: Share of each training label spread over the other classes (Szegedy et al. 2016): the
+#: network is not pushed towards infinite logits, so images unlike the training set are
+#: less likely to come out at confidence 1.00.
+LABEL_SMOOTHING = 0.1
+
+
+@keras.saving.register_keras_serializable(package="eye_model")
+class SmoothedSparseCrossentropy(keras.losses.Loss):
+    """Cross-entropy of integer labels against logits, with label smoothing.
+
+    Keras's sparse cross-entropy has no label smoothing; this one-hot encodes the labels
+    and uses the categorical loss, so ``class_weight`` and sample weights work as usual.
+    """
+
+    def __init__(self, label_smoothing: float = LABEL_SMOOTHING, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.label_smoothing = float(label_smoothing)
+        self._loss = keras.losses.CategoricalCrossentropy(
+            from_logits=True, label_smoothing=self.label_smoothing, reduction=None
+        )
+
+    def call(self, y_true: keras.KerasTensor, y_pred: keras.KerasTensor) -> keras.KerasTensor:
+        labels = keras.ops.reshape(keras.ops.cast(y_true, "int32"), (-1,))
+        one_hot = keras.ops.one_hot(labels, keras.ops.shape(y_pred)[-1])
+        return self._loss(one_hot, y_pred)
+
+    def get_config(self) -> dict[str, object]:
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
 def recalibrate_batchnorm(network: keras.Model, pixels: np.ndarray, batch_size: int = 64) -> int:
     """Recompute BatchNorm moving statistics from ``pixels`` with the current weights.
 

@@ -5,12 +5,15 @@ signature, called directly (``Model.predict`` adds a large fixed cost per call),
 built once per process for each model (:func:`shared_runner`). Images are decoded
 by :func:`eye_model.preprocess.decode_image` in a thread pool that keeps up to two
 batches of 32 ahead of the network; a one-image request is decoded in the calling
-thread.
+thread; each batch is checked by :mod:`eye_model.fundus`. The decoded images of
+concurrent requests share network calls through the model's
+:class:`~eye_model.batching.NetworkBatcher`.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import importlib.metadata
 import logging
@@ -27,26 +30,30 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc.model import PythonModel, PythonModelContext
 from mlflow.types.schema import ColSpec, Schema
 
+from eye_model.batching import NetworkBatcher, network_error
 from eye_model.config import PROB_COLUMNS
 from eye_model.decode_budget import MemoryBudget, RequestGate
 from eye_model.explain import PARAMS_SCHEMA, add_heatmaps
+from eye_model.fundus import apply_fundus_check
 from eye_model.inference import ModelConfig, aligned_stack, shared_runner
+from eye_model.input_frame import (
+    IMAGE_COLUMN,
+    IMAGE_ID_COLUMN,
+    as_input_frame,
+    image_cells,
+    input_image_ids,
+)
 from eye_model.metrics import observe_batch, observe_request
-from eye_model.preprocess import Base64Text, FundusImage, ImageError, decode_image
+from eye_model.ood import OOD_THRESHOLD, OOD_WARNING
+from eye_model.preprocess import FundusImage, ImageError, decode_image
 from eye_model.settings import Settings, env_name, load_settings
 
 logger = logging.getLogger(__name__)
 
-#: Name of the input column holding base64 text or bytes.
-IMAGE_COLUMN = "image"
-#: Name of the optional input column echoed back in the output.
-IMAGE_ID_COLUMN = "image_id"
 #: Output columns, in order (``image_id`` first when the input had it).
 OUTPUT_COLUMNS: tuple[str, ...] = (
     "predicted_class",
@@ -81,6 +88,8 @@ class ScoredImage:
     embedding: np.ndarray | None = None
     decode_ms: float = 0.0
     network_ms: float = 0.0
+    #: Images in the network call that scored this row (from any concurrent requests).
+    batch_size: int = 0
     #: ``pass``, the reason the image is not a gradable fundus photograph, or None (not checked).
     fundus_check: str | None = None
     #: Distance from the training data; >= 1.0 is beyond the validation split's 99th percentile.
@@ -154,6 +163,12 @@ def _pixels_of(row: ScoredImage) -> np.ndarray:
     return row.image.require_pixels()
 
 
+def _fail_rows(rows: Sequence[ScoredImage], message: str) -> None:
+    """Give rows that were not scored an error (the network failed, or the server stops)."""
+    for row in rows:
+        row.error = message
+
+
 def _decode_row(
     index: int,
     value: object,
@@ -214,7 +229,15 @@ class EyeDiseaseClassifier(PythonModel):
         self.scoring_timeout_s = settings.scoring_timeout_s
         # Large decodes of every request of this worker take turns within this budget.
         self._memory = MemoryBudget(settings.decode_memory_mb * 1024 * 1024)
-        self.batch_size = settings.batch_size
+        self.fundus_check = settings.fundus_check
+        self.batch_size = settings.max_batch
+        # Concurrent requests of this worker share network calls (eye_model.batching).
+        self._batcher = NetworkBatcher(
+            self._score_batch,
+            _fail_rows,
+            max_batch=settings.max_batch,
+            max_wait_s=settings.max_wait_ms / 1000.0,
+        )
         threads = settings.decode_threads
         self._decode_threads = threads
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="eye-model-decode")
@@ -335,23 +358,29 @@ class EyeDiseaseClassifier(PythonModel):
         stats = self._start_image_stats(batch)
         try:
             pixels = aligned_stack([_pixels_of(row) for row in batch])
-            probabilities, embedding = self.runner.run(pixels)
+            probabilities, embedding, ood = self.runner.run(pixels)
         except Exception as exc:  # a network failure costs this batch, never the request
             logger.exception("network failed on a batch of %d images", len(batch))
             for row in batch:
-                row.error = f"the model failed on this image ({type(exc).__name__}); retry later"
+                row.error = network_error(exc)
             return
         finally:
             if stats is not None:
                 stats.exception()  # wait; telemetry computes them itself if this failed
         observe_batch(len(batch))
         share = (time.perf_counter() - start) * 1000.0 / len(batch)
-        for row, prob, emb in zip(batch, probabilities, embedding, strict=True):
+        scores = [None] * len(batch) if ood is None else ood.tolist()
+        for row, prob, emb, score in zip(batch, probabilities, embedding, scores, strict=True):
             row.probabilities = prob
             row.embedding = emb
+            row.ood_score = score
+            if score is not None and score >= OOD_THRESHOLD:
+                row.warnings.append(OOD_WARNING)
             row.network_ms = share
+            row.batch_size = len(batch)
             if row.image is not None and not getattr(self, "_keep_pixels", False):
                 row.image.pixels = None  # nothing of the image is kept past this point
+        apply_fundus_check(batch, pixels, getattr(self, "fundus_check", "refuse"))
 
     def _start_image_stats(self, batch: list[ScoredImage]) -> Future[None] | None:
         """Telemetry's image statistics of ``batch``, computed while the network runs."""
@@ -385,15 +414,17 @@ class EyeDiseaseClassifier(PythonModel):
         batch: list[ScoredImage] = []
         if gate is None:
             gate = RequestGate(memory=getattr(self, "_memory", None))
-        for row in self._decode_ahead(list(values), with_stats, gate):
-            rows.append(row)
-            if row.error is None:
-                batch.append(row)
-                if len(batch) >= self.batch_size:
-                    self._score_batch(batch)
-                    batch = []
-        if batch:
-            self._score_batch(batch)
+        batcher = getattr(self, "_batcher", None)
+        with batcher.request() if batcher else contextlib.nullcontext(self._score_batch) as score:
+            for row in self._decode_ahead(list(values), with_stats, gate):
+                rows.append(row)
+                if row.error is None:
+                    batch.append(row)
+                    if len(batch) >= self.batch_size:
+                        score(batch)
+                        batch = []
+            if batch:
+                score(batch)
         return rows
 
     def predict(
@@ -405,9 +436,9 @@ class EyeDiseaseClassifier(PythonModel):
         """Score images (see the class docstring); param ``explain=true`` adds ``heatmap``."""
         start = time.perf_counter()
         gate = self.request_gate(time.monotonic())
-        frame = _as_frame(model_input)
+        frame = as_input_frame(model_input)
         rows = self.score_images(image_cells(frame[IMAGE_COLUMN]), gate=gate)
-        image_ids = _image_ids(frame)
+        image_ids = input_image_ids(frame)
         serving = getattr(self, "_serving", False)
         output: pd.DataFrame | list[dict[str, Any]]
         if serving:
@@ -440,65 +471,6 @@ class EyeDiseaseClassifier(PythonModel):
             log_request(request_id, latency_ms=latency, rows=len(rows), errors=errors)
         observe_request(rows, time.perf_counter() - start, self.config.class_names)
         return output
-
-
-def _as_frame(model_input: object) -> pd.DataFrame:
-    """Accept a DataFrame (or a dict / list of records) that has an ``image`` column."""
-    if isinstance(model_input, pd.DataFrame):
-        frame = model_input
-    elif isinstance(model_input, (dict, list)):
-        frame = pd.DataFrame(model_input)
-    else:
-        raise MlflowException(
-            f"expected a DataFrame with a column '{IMAGE_COLUMN}', "
-            f"got {type(model_input).__name__}",
-            error_code=INVALID_PARAMETER_VALUE,
-        )
-    if IMAGE_COLUMN not in frame.columns:
-        raise MlflowException(
-            f"the input has no column '{IMAGE_COLUMN}' (columns: {list(map(str, frame.columns))}); "
-            f"send each image, base64-encoded, in a column named '{IMAGE_COLUMN}'",
-            error_code=INVALID_PARAMETER_VALUE,
-        )
-    return frame
-
-
-def _image_ids(frame: pd.DataFrame) -> np.ndarray | None:
-    """The ``image_id`` column as Python objects, a missing id as None (JSON ``null``)."""
-    if IMAGE_ID_COLUMN not in frame.columns:
-        return None
-    ids = frame[IMAGE_ID_COLUMN].astype(object)
-    return ids.where(ids.notna(), None).to_numpy()
-
-
-def image_cells(column: pd.Series) -> list[object]:
-    """The cells of the ``image`` column; text that Arrow holds becomes zero-copy views.
-
-    pandas 3 keeps text in Arrow buffers: ``tolist()`` copied 32 base64 photos (22 MB) into
-    Python strings in 4.5 ms, 2 % of scoring them. Each cell is a :class:`Base64Text` view
-    of the buffer instead, which base64 decoding reads directly.
-    """
-    try:
-        import pyarrow as pa
-
-        chunked = column.array.__arrow_array__()
-    except (AttributeError, ImportError, TypeError, NotImplementedError):
-        return column.tolist()
-    if not (pa.types.is_string(chunked.type) or pa.types.is_large_string(chunked.type)):
-        return column.tolist()
-    cells: list[object] = []
-    for chunk in chunked.chunks:
-        if len(chunk) == 0:
-            continue
-        _, offsets, values = chunk.buffers()
-        width = np.int64 if pa.types.is_large_string(chunk.type) else np.int32
-        ends = np.frombuffer(offsets, width)[chunk.offset : chunk.offset + len(chunk) + 1].tolist()
-        text = memoryview(values if values is not None else b"")
-        valid = chunk.is_valid().to_numpy(zero_copy_only=False)
-        cells.extend(
-            Base64Text(text[ends[i] : ends[i + 1]]) if valid[i] else None for i in range(len(chunk))
-        )
-    return cells
 
 
 def build_output_records(

@@ -62,6 +62,7 @@ def get_or_create_experiment(client: MlflowClient, name: str) -> str:
 #: The ``role`` tag of the run ``mlflow run`` opens for each entry point's command.
 ENTRY_POINT_ROLES: dict[str, str] = {
     "train": "training",
+    "tune": "tuning",
     "synthesize": "synthesize",
     "register": "register",
     "promote": "promote",

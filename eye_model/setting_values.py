@@ -84,10 +84,12 @@ def parse_non_negative_int(value: str | int | None, *, name: str, default: int) 
     return number
 
 
-def parse_positive_float(value: str | float | None, *, name: str, default: float) -> float:
-    """Parse a positive finite number (seconds, for example), naming the setting in the error."""
+def parse_positive_float(
+    value: str | float | None, *, name: str, default: float, allow_zero: bool = False
+) -> float:
+    """Parse a positive (or, with ``allow_zero``, non-negative) finite number, such as seconds."""
     number: float = _parse_number(
-        value, name=name, default=default, kind=float, minimum=0.0, inclusive=False
+        value, name=name, default=default, kind=float, minimum=0.0, inclusive=allow_zero
     )
     return number
 

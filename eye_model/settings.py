@@ -1,11 +1,10 @@
 """The one place that reads eye-model's environment variables.
 
-Every variable the project knows (the brief's ``MLFLOW_*``, ``ENABLE_*`` and
-``MODEL_*``, and eye-model's own ``EYE_MODEL_*``) is declared once in
-:data:`ENVIRONMENT` with its default, its parser and its meaning. :func:`load_settings`
-reads them all into a frozen :class:`Settings`; other modules receive values from it
-and never read ``os.environ`` themselves. The README's configuration table is checked
-against :data:`ENVIRONMENT` by a test (``tests/code/test_settings.py``).
+Every variable the project knows (the brief's ``MLFLOW_*``, ``ENABLE_*`` and ``MODEL_*``, and
+eye-model's own ``EYE_MODEL_*``) is declared once in :data:`ENVIRONMENT` with its default, its
+parser and its meaning. :func:`load_settings` reads them all into a frozen :class:`Settings`;
+other modules receive values from it and never read ``os.environ`` themselves. The README's
+configuration table is checked against :data:`ENVIRONMENT` (``tests/code/test_settings.py``).
 
 Nothing here talks to MLflow, creates folders or reads the environment at import time.
 """
@@ -26,6 +25,7 @@ from eye_model.config import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MODEL_NAME,
     DEFAULT_TRACKING_URI,
+    FUNDUS_CHECK_MODES,
 )
 from eye_model.setting_values import (
     SettingsError,
@@ -38,11 +38,15 @@ from eye_model.setting_values import (
 
 #: Default of ``EYE_MODEL_HOME``: the local stack's state, relative to the working folder.
 DEFAULT_HOME = ".eye-model"
-#: Default network batch of the served model and in-process scoring. Batch 32 runs 2-7 %
-#: faster per image than batch 8. Smaller first batches, to start the network while the
-#: rest decode, gained nothing measurable: decoding beside the network slows each layer as
-#: much as it saves.
-DEFAULT_BATCH_SIZE = 32
+#: Default most images per network call, across concurrent requests (serving) or within
+#: one call (in-process scoring). Batch 32 runs 2-7 % faster per image than batch 8.
+DEFAULT_MAX_BATCH = 32
+#: Default longest wait (ms) of a part-filled batch for more requests. Measured with 8
+#: clients posting one 512 px image each (scripts/benchmark_concurrency.py --wait-sweep,
+#: servers interleaved, 2-core machine under load): 0 ms gave batches of 3.4 images and
+#: 11.3 ms CPU per image, 2 ms 4.1 and 10.4, 5 ms 4.4 and 10.2 (the most images/s), 10 ms
+#: 4.5 and 10.2. A lone client never waits.
+DEFAULT_MAX_WAIT_MS = 5.0
 #: MLflow's scoring server answers HTTP 504 after this many seconds (its own default).
 DEFAULT_SCORING_TIMEOUT = 60
 #: Decoded pixels one REST request may use: 10 images at the 40 MP limit, about 10 s of
@@ -212,11 +216,28 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
         _int("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", DEFAULT_SCORING_TIMEOUT),
     ),
     EnvVar(
-        "EYE_MODEL_BATCH_SIZE",
-        "batch_size",
-        str(DEFAULT_BATCH_SIZE),
-        "images per network call (serving and in-process scoring)",
-        _int("EYE_MODEL_BATCH_SIZE", DEFAULT_BATCH_SIZE),
+        "EYE_MODEL_MAX_BATCH",
+        "max_batch",
+        str(DEFAULT_MAX_BATCH),
+        "most images per network call, gathered across concurrent requests "
+        "(`EYE_MODEL_BATCH_SIZE`, its old name, is still read)",
+        _int("EYE_MODEL_MAX_BATCH", DEFAULT_MAX_BATCH),
+    ),
+    EnvVar(
+        "EYE_MODEL_MAX_WAIT_MS",
+        "max_wait_ms",
+        f"{DEFAULT_MAX_WAIT_MS:g}",
+        "longest a part-filled network batch waits for requests still decoding (0: never)",
+        lambda value: parse_positive_float(
+            value, name="EYE_MODEL_MAX_WAIT_MS", default=DEFAULT_MAX_WAIT_MS, allow_zero=True
+        ),
+    ),
+    EnvVar(
+        "EYE_MODEL_FUNDUS_CHECK",
+        "fundus_check",
+        "refuse",
+        "an image that is not a gradable colour fundus photograph: `refuse`, `warn` or `off`",
+        _choice("EYE_MODEL_FUNDUS_CHECK", "refuse", FUNDUS_CHECK_MODES),
     ),
     EnvVar(
         "EYE_MODEL_DECODE_THREADS",
@@ -500,7 +521,9 @@ class Settings:
     max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS
     decode_memory_mb: int = DEFAULT_DECODE_MEMORY_MB
     scoring_timeout_s: int = DEFAULT_SCORING_TIMEOUT
-    batch_size: int = DEFAULT_BATCH_SIZE
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_wait_ms: float = DEFAULT_MAX_WAIT_MS
+    fundus_check: str = "refuse"
     decode_threads: int = field(default_factory=lambda: min(8, os.cpu_count() or 2))
     home: Path = field(default_factory=lambda: Path(DEFAULT_HOME).resolve())
     cache_dir: Path = field(default_factory=lambda: Path("~/.cache/eye-model").expanduser())
@@ -542,6 +565,8 @@ class Settings:
     mlflow_run_id: str = ""
     #: The experiment ``mlflow run`` or ``mlflow.set_experiment`` chose (``MLFLOW_EXPERIMENT_ID``).
     mlflow_experiment_id: str = ""
+    #: TensorFlow's cluster description (``TF_CONFIG``): training runs on its workers.
+    tf_config: str = ""
 
     @property
     def telemetry_dir(self) -> Path:
@@ -568,8 +593,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     values["in_scoring_server"] = bool(env.get("__pyfunc_model_path__")) or (
         env.get("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "").lower() == "true"
     )
+    if not env.get("EYE_MODEL_MAX_BATCH", "").strip() and "EYE_MODEL_BATCH_SIZE" in env:
+        values["max_batch"] = _int("EYE_MODEL_BATCH_SIZE", DEFAULT_MAX_BATCH)(
+            env["EYE_MODEL_BATCH_SIZE"]
+        )
     values["mlflow_run_id"] = env.get("MLFLOW_RUN_ID", "")
     values["mlflow_experiment_id"] = env.get("MLFLOW_EXPERIMENT_ID", "")
+    values["tf_config"] = env.get("TF_CONFIG", "")
     return Settings(**values)
 
 

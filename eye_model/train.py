@@ -9,22 +9,36 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow import MlflowClient
 
+from eye_model.calibration import build_harder_split
+from eye_model.checkpoints import (
+    build_checkpoint_callback,
+    checkpoint_dir,
+    fetch_checkpoint,
+    history_from_run,
+    resumable_params,
+)
 from eye_model.config import CLASS_NAMES, EMBEDDING_DIMS, PROB_COLUMNS
 from eye_model.data import (
+    DECODE_FAILURES,
     ImageSet,
     class_weights,
+    decode_all,
+    iter_decoded_batches,
     load_dataset,
     make_tf_dataset,
     prepare_synthetic_data,
 )
+from eye_model.distributed import TrainingPlacement, training_placement
 from eye_model.evaluate import (
     calibrated_probabilities,
     classification_metrics,
@@ -37,11 +51,20 @@ from eye_model.evaluate import (
     score_files,
 )
 from eye_model.inference import ModelConfig, NetworkRunner
+from eye_model.ood import OOD_THRESHOLD, fit_ood_statistics
 from eye_model.pyfunc import log_model
 from eye_model.runs import log_new_params
 from eye_model.settings import load_settings
 
 logger = logging.getLogger(__name__)
+
+#: Training images whose BatchNorm statistics the final network keeps: a bounded sample, so
+#: memory does not grow with the training set (the mean of 1,024 images is within a few
+#: per cent of the whole split's).
+BATCHNORM_SAMPLE = 1024
+
+#: Training images the BatchNorm recalibration before each validation uses.
+VALIDATION_BATCHNORM_SAMPLE = 256
 
 
 @dataclass
@@ -59,6 +82,9 @@ class TrainConfig:
         learning_rate: Adam's learning rate.
         seed: seed of data generation, split, initialisation and augmentation.
         register_as: register the model under this name; empty → do not register.
+        folds: k-fold cross-validation as nested runs before the final fit; 0 → off.
+        resume: id of an interrupted training run to continue (its own parameters are
+            used); empty → a new run.
     """
 
     data_dir: str = ""
@@ -71,6 +97,22 @@ class TrainConfig:
     learning_rate: float = 2e-3
     seed: int = 42
     register_as: str = ""
+    folds: int = 0
+    resume: str = ""
+
+
+def config_of_run(run_id: str, params: dict[str, str]) -> TrainConfig:
+    """The configuration a run was started with, from its logged parameters.
+
+    Parameters the run does not hold (empty ones are not logged) take their defaults.
+    """
+    values: dict[str, Any] = {}
+    for name, default in asdict(TrainConfig()).items():
+        text = params.get(name, "")
+        if text not in ("", "''"):  # `mlflow run` logs an empty parameter as ''
+            # ... and MLproject floats as given: "15" or "15.0".
+            values[name] = int(float(text)) if isinstance(default, int) else type(default)(text)
+    return replace(TrainConfig(**values), resume=run_id)
 
 
 @dataclass
@@ -83,11 +125,12 @@ class TrainResult:
     registered_version: str | None = None
 
 
-def build_callbacks(calibration_pixels: np.ndarray) -> list[Any]:
+def build_callbacks(calibration_pixels: np.ndarray, *, log_epochs: bool = True) -> list[Any]:
     """Keras callbacks: BatchNorm recalibration before each validation, and MLflow logging.
 
     Args:
         calibration_pixels: un-augmented training images for the BatchNorm statistics.
+        log_epochs: log each epoch's metrics to the active MLflow run.
     """
     import keras
 
@@ -104,21 +147,113 @@ def build_callbacks(calibration_pixels: np.ndarray) -> list[Any]:
             metrics = {f"epoch_{k}": float(v) for k, v in (logs or {}).items()}
             mlflow.log_metrics(metrics, step=epoch + 1)
 
-    return [RecalibrateBatchNorm(), EpochLogger()]
+    return [RecalibrateBatchNorm(), EpochLogger()] if log_epochs else [RecalibrateBatchNorm()]
 
 
-def _logits_and_embeddings(network: Any, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+@dataclass
+class FitResult:
+    """A fitted network (float32, on one device), its Keras history and the fit's duration."""
+
+    network: Any
+    history: dict[str, list[float]]
+    seconds: float
+
+
+def fit_network(
+    config: TrainConfig,
+    train: ImageSet,
+    validation: ImageSet,
+    *,
+    placement: TrainingPlacement | None = None,
+    log_epochs: bool = True,
+    callbacks: Sequence[Any] = (),
+    checkpoints: Path | None = None,
+) -> FitResult:
+    """Build, compile and fit the network of ``config`` (the recipe every caller shares).
+
+    Training, each cross-validation fold and each tuning trial fit through here.
+
+    Args:
+        config: backbone, weights, image size, epochs, batch size, learning rate, seed.
+        train: the images to fit.
+        validation: the images that judge each epoch (early stopping).
+        placement: the distribution strategy; None → this process's placement.
+        log_epochs: log each epoch's metrics to the active MLflow run.
+        callbacks: more Keras callbacks (e.g. a tuning trial's pruning).
+        checkpoints: save a checkpoint there after every epoch, and start from the one
+            there (:mod:`eye_model.checkpoints`); None: no checkpoints.
+
+    Returns:
+        The network with the best weights and BatchNorm statistics of all of ``train``.
+    """
+    import keras
+
+    from eye_model.network import SmoothedSparseCrossentropy, build_network, recalibrate_batchnorm
+
+    placement = placement or training_placement()
+
+    def build() -> Any:
+        return build_network(config.backbone, config.image_size, config.weights)
+
+    keras.utils.set_random_seed(config.seed)
+    with placement.scope():
+        network = build()
+        network.compile(
+            optimizer=keras.optimizers.Adam(config.learning_rate),
+            loss=SmoothedSparseCrossentropy(),
+            metrics=["accuracy"],
+        )
+    placement.prepare(network)
+    train_ds = make_tf_dataset(train, batch_size=config.batch_size, training=True, seed=config.seed)
+    val_ds = make_tf_dataset(validation, batch_size=64, training=False)
+    stateful = [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=4, restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2, min_lr=1e-5),
+    ]
+    calibration = decode_all(train.sample(VALIDATION_BATCHNORM_SAMPLE, config.seed))
+    all_callbacks = [
+        *stateful,
+        *build_callbacks(calibration, log_epochs=log_epochs),
+        *callbacks,
+    ]
+    if checkpoints is not None:  # after the callbacks whose state it restores
+        all_callbacks.append(build_checkpoint_callback(checkpoints, stateful))
+    start = time.perf_counter()
+    history = network.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=config.epochs,
+        class_weight=class_weights(train.labels),
+        callbacks=all_callbacks,
+        verbose=2,
+    )
+    seconds = time.perf_counter() - start
+    network = placement.single_device(network, build)
+    # The best weights are restored; give them statistics of the training split.
+    recalibrate_batchnorm(network, decode_all(train.sample(BATCHNORM_SAMPLE, config.seed + 1)))
+    return FitResult(network, dict(history.history), seconds)
+
+
+def _logits_and_embeddings(
+    network: Any,
+    images: ImageSet,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logits, embeddings and labels of a split, decoded batch by batch (failures left out).
+
+    ``transform`` changes each decoded batch's pixels first (e.g. the harder split's shifts).
+    """
     from eye_model.network import build_embedding_model
 
     dual = build_embedding_model(network)
-    logits, embedding = [], []
-    for start in range(0, len(pixels), 64):
-        out_logits, out_embedding = dual(
-            pixels[start : start + 64].astype(np.float32), training=False
-        )
+    logits, embedding, labels = [], [], []
+    for batch in iter_decoded_batches(images):
+        pixels = batch.pixels if transform is None else transform(batch.pixels)
+        out_logits, out_embedding = dual(pixels.astype(np.float32), training=False)
         logits.append(np.asarray(out_logits))
         embedding.append(np.asarray(out_embedding))
-    return np.concatenate(logits), np.concatenate(embedding)
+        labels.append(batch.labels)
+    return np.concatenate(logits), np.concatenate(embedding), np.concatenate(labels)
 
 
 def fit_embedding_projection(
@@ -137,22 +272,28 @@ def build_reference_profile(runner: NetworkRunner, images: ImageSet) -> pd.DataF
     """Per-image profile of held-out data, in the columns the serving side logs.
 
     Columns: ``label``, ``predicted_class``, ``confidence``, ``prob_<class>``, the image
-    statistics and ``emb_0`` … ``emb_7``. No pixels, no file names.
+    statistics, ``emb_0`` … ``emb_7`` and ``ood_score`` (NaN for a model without its
+    out-of-distribution statistics). No pixels, no file names. The split is decoded batch
+    by batch; a file that fails to decode has no row.
     """
-    probabilities, embedding = [], []
-    for start in range(0, len(images), 64):
-        p, e = runner.run(images.pixels[start : start + 64])
+    probabilities, embedding, ood, labels, stats = [], [], [], [], []
+    for batch in iter_decoded_batches(images, with_stats=True):
+        p, e, o = runner.run(batch.pixels)
         probabilities.append(p)
         embedding.append(e)
+        ood.append(np.full(len(p), np.nan) if o is None else o)
+        labels.append(batch.labels)
+        stats.append(batch.stats)
     probs = np.concatenate(probabilities)
     emb = np.concatenate(embedding)
     frame = pd.DataFrame(probs, columns=list(PROB_COLUMNS))
     frame.insert(0, "confidence", probs.max(axis=1))
     frame.insert(0, "predicted_class", np.asarray(CLASS_NAMES)[probs.argmax(axis=1)])
-    frame.insert(0, "label", np.asarray(CLASS_NAMES)[images.labels])
-    frame = pd.concat([frame, images.stats.reset_index(drop=True)], axis=1)
+    frame.insert(0, "label", np.asarray(CLASS_NAMES)[np.concatenate(labels)])
+    frame = pd.concat([frame, pd.concat(stats, ignore_index=True)], axis=1)
     for k in range(emb.shape[1]):
         frame[f"emb_{k}"] = emb[:, k]
+    frame["ood_score"] = np.concatenate(ood)
     return frame
 
 
@@ -197,14 +338,24 @@ def run_training(config: TrainConfig) -> TrainResult:
 
     Returns:
         The run id, the logged model's URI, the test metrics and the registered version.
+
+    Raises:
+        ResumeError: ``config.resume`` names no run that can be resumed (checked before
+            TensorFlow loads).
     """
-    import keras
-
-    from eye_model.network import build_network, recalibrate_batchnorm
-
     settings = load_settings()
+    # First: a cluster's strategy must exist before other TensorFlow work.
+    placement = training_placement(settings.tf_config)
+    if config.folds and placement.kind == "multi_worker":
+        raise ValueError("folds: cross-validation runs on one machine; unset TF_CONFIG for it")
     mlflow.set_tracking_uri(settings.tracking_uri)
-    if not settings.mlflow_run_id:
+    resume = config.resume.strip()
+    if resume:  # the run's own parameters, so it continues as it started
+        config = config_of_run(resume, resumable_params(MlflowClient(), resume))
+        if settings.mlflow_run_id and settings.mlflow_run_id != resume:
+            # `mlflow run -P resume=...` opened a run of its own: point it at the real one.
+            MlflowClient().set_tag(settings.mlflow_run_id, "resumed_run_id", resume)
+    elif not settings.mlflow_run_id:
         mlflow.set_experiment(settings.experiment_name)
     data_dir = config.data_dir.strip()
     synthetic = not data_dir
@@ -215,91 +366,112 @@ def run_training(config: TrainConfig) -> TrainResult:
             )
         )
     dataset = load_dataset(data_dir, config.image_size, seed=config.seed)
+    if not placement.is_chief:
+        # A worker of a cluster: the same fit in step with the chief, which logs it.
+        fit_network(
+            config, dataset.train, dataset.validation, placement=placement, log_epochs=False
+        )
+        return TrainResult(run_id="", model_uri="", metrics={})
 
-    with mlflow.start_run() as run:
+    with mlflow.start_run(run_id=resume or None) as run:
         mlflow.set_tags(
             {
                 "role": "training",
                 "data.source": "synthetic" if synthetic else "folder",
                 "backbone": config.backbone,
+                **placement.tags(),
             }
         )
-        log_new_params(run.info.run_id, asdict(config))
-        mlflow.log_params(
+        log_new_params(run.info.run_id, {**asdict(config), "resume": ""})
+        log_new_params(
+            run.info.run_id,
             {
                 "data.train": len(dataset.train),
                 "data.validation": len(dataset.validation),
                 "data.test": len(dataset.test),
                 "data.skipped_unreadable": dataset.skipped_unreadable,
                 "data.skipped_duplicates": dataset.skipped_duplicates,
-            }
+            },
         )
         mlflow.log_dict(dataset.description, "data_description.json")
+        if config.folds:
+            from eye_model.crossval import concat_image_sets, run_cross_validation
 
-        keras.utils.set_random_seed(config.seed)
-        network = build_network(config.backbone, config.image_size, config.weights)
-        network.compile(
-            optimizer=keras.optimizers.Adam(config.learning_rate),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
+            everything = concat_image_sets([dataset.train, dataset.validation, dataset.test])
+            run_cross_validation(
+                everything,
+                config.folds,
+                config.seed,
+                lambda train, validation, seed: (
+                    fit_network(replace(config, seed=seed), train, validation).network
+                ),
+            )
+
+        checkpoints = checkpoint_dir(settings.cache_dir, run.info.run_id)
+        if resume and not fetch_checkpoint(resume, checkpoints):
+            logger.warning("run %s has no checkpoint yet; training from the start", resume)
+        fitted = fit_network(
+            config,
+            dataset.train,
+            dataset.validation,
+            placement=placement,
+            checkpoints=checkpoints,
         )
-        train_ds = make_tf_dataset(
-            dataset.train, batch_size=config.batch_size, training=True, seed=config.seed
-        )
-        val_ds = make_tf_dataset(dataset.validation, batch_size=64, training=False)
-        callbacks = [
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=4, restore_best_weights=True
-            ),
-            keras.callbacks.ReduceLROnPlateau(
-                monitor="val_loss", factor=0.5, patience=2, min_lr=1e-5
-            ),
-            *build_callbacks(dataset.train.pixels[:256]),
-        ]
-        start = time.perf_counter()
-        history = network.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=config.epochs,
-            class_weight=class_weights(dataset.train.labels),
-            callbacks=callbacks,
-            verbose=2,
-        )
-        train_seconds = time.perf_counter() - start
-        # The best weights are restored; give them statistics of the whole training split.
-        recalibrate_batchnorm(network, dataset.train.pixels)
-        epochs_run = len(history.history["loss"])
+        network, train_seconds = fitted.network, fitted.seconds
+        epochs_here = len(fitted.history.get("loss", []))
+        # A resumed fit knows only its own epochs; the run's metrics hold all of them.
+        curves = history_from_run(MlflowClient(), run.info.run_id) if resume else fitted.history
         mlflow.log_metrics(
             {
                 "train_seconds": train_seconds,
-                "epochs_run": epochs_run,
-                "train_images_per_second": len(dataset.train) * epochs_run / train_seconds,
+                "epochs_run": len(curves.get("loss", [])),
+                "train_images_per_second": len(dataset.train) * epochs_here / train_seconds,
             }
         )
-        _log_figure(plot_training_curves(history.history), "plots/training_curves.png")
+        _log_figure(plot_training_curves(curves), "plots/training_curves.png")
 
-        # Calibration on the validation split, judged on the test split.
-        val_logits, val_embedding = _logits_and_embeddings(network, dataset.validation.pixels)
-        temperature = fit_temperature(val_logits, dataset.validation.labels)
-        test_logits, _ = _logits_and_embeddings(network, dataset.test.pixels)
+        # Calibration on the validation split and a camera-shifted copy of it (a harder
+        # split: confidence has to hold off the training distribution), judged on the test split.
+        val_logits, val_embedding, val_labels = _logits_and_embeddings(network, dataset.validation)
+        hard_logits, _, hard_labels = _logits_and_embeddings(
+            network,
+            dataset.validation,
+            transform=lambda pixels: build_harder_split(pixels, config.seed),
+        )
+        temperature = fit_temperature(
+            np.concatenate([val_logits, hard_logits]), np.concatenate([val_labels, hard_labels])
+        )
+        mlflow.log_metric(
+            "validation_shifted_accuracy",
+            float((hard_logits.argmax(axis=1) == hard_labels).mean()),
+        )
+        test_logits, _, test_labels = _logits_and_embeddings(network, dataset.test)
         before = calibrated_probabilities(test_logits, 1.0)
         after = calibrated_probabilities(test_logits, temperature)
         mlflow.log_metrics(
             {
                 "temperature": temperature,
-                "test_ece_uncalibrated": expected_calibration_error(before, dataset.test.labels),
-                "test_ece": expected_calibration_error(after, dataset.test.labels),
+                "test_ece_uncalibrated": expected_calibration_error(before, test_labels),
+                "test_ece": expected_calibration_error(after, test_labels),
+                "data_skipped_undecodable": float(len(DECODE_FAILURES)),
             }
         )
-        _log_figure(plot_reliability(dataset.test.labels, before, after), "plots/reliability.png")
+        _log_figure(plot_reliability(test_labels, before, after), "plots/reliability.png")
 
         mean, projection = fit_embedding_projection(val_embedding)
+        # Out-of-distribution statistics: class means and covariance of the training split,
+        # the normalisation (ood_score 1.0 = 99th percentile) of the validation split.
+        _, train_embedding, train_labels = _logits_and_embeddings(network, dataset.train)
+        ood = fit_ood_statistics(
+            train_embedding, train_labels, val_logits, val_embedding, len(CLASS_NAMES)
+        )
         model_config = ModelConfig(
             image_size=config.image_size,
             temperature=temperature,
             backbone=config.backbone,
             embedding_mean=mean.tolist(),
             embedding_projection=projection.tolist(),
+            ood=ood.to_dict(),
             extra={"data": dataset.description, "synthetic": synthetic},
         )
         runner = NetworkRunner(network, model_config)
@@ -316,6 +488,10 @@ def run_training(config: TrainConfig) -> TrainResult:
         probabilities = scored[list(PROB_COLUMNS)].to_numpy(dtype=float)
         metrics = classification_metrics(dataset.test.labels, probabilities)
         metrics["test_ece"] = expected_calibration_error(probabilities, dataset.test.labels)
+        # Share of the (held-out) test split flagged as unlike the training data: about 0.01.
+        metrics["test_ood_share"] = float(
+            (scored["ood_score"].astype(float) >= OOD_THRESHOLD).mean()
+        )
         mlflow.log_metrics(metrics)
         labels_text = np.asarray(CLASS_NAMES)[dataset.test.labels]
         mlflow.models.evaluate(

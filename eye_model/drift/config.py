@@ -24,6 +24,8 @@ OUTPUT_FEATURES: tuple[str, ...] = ("confidence", "entropy", *PROB_COLUMNS)
 #: The image statistics the serving side computes (one definition, in preprocess).
 IMAGE_FEATURES: tuple[str, ...] = IMAGE_STAT_NAMES
 EMBEDDING_COLUMNS: tuple[str, ...] = tuple(f"emb_{index}" for index in range(EMBEDDING_DIMS))
+#: Scores of the penultimate features tested one by one in the embedding family.
+OOD_FEATURES: tuple[str, ...] = ("ood_score",)
 
 #: Name of the single feature of the prediction and embedding families.
 PREDICTION_FEATURE = "predicted_class"
@@ -47,6 +49,8 @@ class DriftConfig:
         image_features: features of the ``image`` family.
         log_features: features tested as ``log1p(max(x, 0))`` (heavy-tailed).
         embedding_columns: columns forming the embedding vector.
+        ood_features: scalar features of the ``embedding`` family (``ood_score``: distance
+            from the training data), each tested like the output features.
         n_permutations: permutations of the MMD test (p-value resolution 1/(n+1)).
         mmd_max_samples: most rows per side used by the MMD test (seeded subsample).
         n_estimate_draws: simulated label draws behind the accuracy intervals.
@@ -69,6 +73,7 @@ class DriftConfig:
     image_features: tuple[str, ...] = IMAGE_FEATURES
     log_features: tuple[str, ...] = ("img_sharpness",)
     embedding_columns: tuple[str, ...] = EMBEDDING_COLUMNS
+    ood_features: tuple[str, ...] = OOD_FEATURES
     n_permutations: int = 500
     mmd_max_samples: int = 1000
     n_estimate_draws: int = 2000
@@ -79,6 +84,14 @@ class DriftConfig:
     low_confidence_ratio: float = LOW_CONFIDENCE_RATIO
     slow_inference_ms: float = SLOW_INFERENCE_MS
     class_dominance: float = CLASS_DOMINANCE
+
+    def scalar_features(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """(family, features) of the features tested one by one, in report order."""
+        return (
+            ("output", self.output_features),
+            ("image", self.image_features),
+            ("embedding", self.ood_features),
+        )
 
     def __post_init__(self) -> None:
         """Reject settings that would make the tests meaningless, naming the setting."""

@@ -9,6 +9,8 @@ Record schema (one row per prediction; the reference profile has the same column
   ``img_mean_r``/``img_mean_g``/``img_mean_b`` (0-255), ``img_width``/``img_height``
   (pixels; not tested by default);
 - ``emb_0`` ... ``emb_7``: a reduced penultimate-layer embedding;
+- ``ood_score``: distance from the training data (>= 1: beyond the validation split's
+  99th percentile; missing or null for models without it);
 - records only: ``request_id``, ``timestamp`` (epoch seconds, UTC),
   ``inference_ms``, ``status`` (``"ok"`` or ``"error"``), ``model_name``,
   ``model_version``; reference (or labelled windows) only: ``label``.
@@ -40,8 +42,8 @@ class RecordArrays:
         n_errors: rows with status ``error`` or no prediction.
         class_codes: predicted class codes 0-3 of the usable rows.
         probs: class probabilities of the usable rows, shape (n, 4).
-        continuous: ``confidence``, ``entropy``, each ``prob_<class>`` and the image
-            statistics present, of the usable rows.
+        continuous: ``confidence``, ``entropy``, each ``prob_<class>``, the image
+            statistics and ``ood_score`` (NaN where null) present, of the usable rows.
         embedding: ``emb_*`` vectors of the usable rows, None when a column is missing.
         inference_ms: inference time (ms) of every row, None when the column is missing.
         labels: true class codes (-1 unknown) of the usable rows, None without labels.
@@ -140,7 +142,7 @@ def extract_arrays(frame: pd.DataFrame, config: DriftConfig, *, what: str) -> Re
     }
     for index, column in enumerate(PROB_COLUMNS):
         continuous[column] = probs[:, index]
-    for column in config.image_features:
+    for column in (*config.image_features, *config.ood_features):
         if column in frame.columns:
             values = _read_column(frame, column, rows)
             if column in config.log_features:

@@ -92,7 +92,7 @@ def write_html_report(
             ),
         )
     ]
-    for family, features in (("output", config.output_features), ("image", config.image_features)):
+    for family, features in config.scalar_features():
         panels = [
             (
                 feature + (" (log1p)" if feature in config.log_features else ""),

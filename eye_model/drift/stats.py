@@ -325,7 +325,7 @@ def run_tests(
             reference.class_codes, window.class_codes, margin_z=margin_z
         )
         results.append(("prediction", PREDICTION_FEATURE, outcome))
-    for family, features in (("output", config.output_features), ("image", config.image_features)):
+    for family, features in config.scalar_features():
         if family not in config.families:
             continue
         for feature in features:

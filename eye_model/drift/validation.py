@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
+from scipy.stats import chi2
 
 from eye_model.config import CLASS_NAMES, PROB_COLUMNS
 from eye_model.drift.compute import compute_drift
@@ -113,10 +114,16 @@ SCENARIOS: tuple[Scenario, ...] = (
 
 
 def load_classifier(model_path: str | Path) -> object:
-    """Load the model's ``EyeDiseaseClassifier`` (the object the scoring server calls)."""
+    """Load the model's ``EyeDiseaseClassifier`` (the object the scoring server calls).
+
+    Its fundus check only warns: the harness plants out-of-domain pictures to see the drift
+    tests find them, and a served model (``refuse``) would keep them from the tests.
+    """
     import mlflow
 
-    return mlflow.pyfunc.load_model(str(model_path)).unwrap_python_model()
+    classifier = mlflow.pyfunc.load_model(str(model_path)).unwrap_python_model()
+    classifier.fundus_check = "warn"
+    return classifier
 
 
 def score_images(
@@ -349,6 +356,11 @@ def simulate_records(
     embedding = centres[latent] + rng.normal(0.0, 1.0, size=(n_records, 8)) + embedding_shift
     for index in range(8):
         frame[f"emb_{index}"] = embedding[:, index]
+    # ood_score in the serving side's spirit: the squared distance to the class centre,
+    # 0 at the median and 1 at the 99th percentile of the undrifted (chi-square) distribution.
+    median, q99 = chi2.ppf([0.5, 0.99], df=8)
+    distance = ((embedding - centres[latent]) ** 2).sum(axis=1)
+    frame["ood_score"] = (distance - median) / (q99 - median)
     if with_labels:
         cumulative = np.cumsum(probs, axis=1)[:, :-1]
         frame["label"] = class_names[(rng.random(n_records)[:, None] > cumulative).sum(axis=1)]

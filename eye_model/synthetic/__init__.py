@@ -14,10 +14,16 @@ arching round a darker macula, then the signs of one of the four classes of
   the neuroretinal rim, vessels bending at the cup edge.
 - ``normal``: none of these, sharp.
 
-Camera variation (exposure, colour temperature, gamma, field size and
-position, a small rotation, left or right eye, JPEG quality) is drawn from
-the same distributions for every class, so a classifier cannot tell the
-classes apart by global colour alone.
+Camera and eye variation is drawn from the same wide distributions for
+every class (domain randomisation), so a classifier cannot tell the classes
+apart by anything but their signs, and meets real photographs inside what it
+has seen: fundus colours from blond to deep red and brown (one of them
+anchored on a real photograph, scikit-image's ``retina.jpg``), vessels from
+brown to red, choroidal texture, exposure, colour casts, saturation, gamma,
+vignetting, illumination gradients and uneven illumination, field size and
+position, field stops cut by chords or marked by a notch, dust and
+reflections on the optics, slight defocus, the camera's resolution, a small
+rotation, left or right eye, and JPEG quality from 40 to 95.
 
 Sampling and drawing are split: :func:`sample_fundus_params` draws every
 random choice into a :class:`FundusParams` (so tests can read the class
@@ -34,21 +40,26 @@ Modules, in the order an image is made:
 - :mod:`~eye_model.synthetic.lesions`: diabetic retinopathy lesions, sampled and painted.
 - :mod:`~eye_model.synthetic.anatomy`: retina, macula and optic disc painted.
 - :mod:`~eye_model.synthetic.optics`: cataract blur and haze, then the camera.
+- :mod:`~eye_model.synthetic.artefacts`: the field stop's shape, dust and reflections.
 - :mod:`~eye_model.synthetic.raster`: the pixel grid and helpers the painters share.
 - :mod:`~eye_model.synthetic.drawing`: one image from its parameters.
 - :mod:`~eye_model.synthetic.dataset`: a seeded dataset written as JPEG files.
 """
 
+from eye_model.synthetic.artefacts import FieldShape, LensArtefacts, Speck
 from eye_model.synthetic.dataset import generate_dataset, make_image_rng
 from eye_model.synthetic.drawing import draw_fundus, render_fundus
 from eye_model.synthetic.params import (
     CATARACT_BLUR_FRACTION,
+    GENERATOR_VERSION,
     GLAUCOMA_CUP_TO_DISC,
     JPEG_QUALITY_RANGE,
     LESION_KINDS,
     MIN_IMAGE_SIZE,
     NORMAL_CUP_TO_DISC,
+    RESOLUTION_RANGE,
     SEVERITY_RANGE,
+    SHARP_BLUR_FRACTION,
     CupShape,
     FundusParams,
     Lesion,
@@ -59,16 +70,22 @@ from eye_model.synthetic.sampling import sample_fundus_params
 
 __all__ = [
     "CATARACT_BLUR_FRACTION",
+    "GENERATOR_VERSION",
     "GLAUCOMA_CUP_TO_DISC",
     "JPEG_QUALITY_RANGE",
     "LESION_KINDS",
     "MIN_IMAGE_SIZE",
     "NORMAL_CUP_TO_DISC",
+    "RESOLUTION_RANGE",
     "SEVERITY_RANGE",
+    "SHARP_BLUR_FRACTION",
     "CupShape",
+    "FieldShape",
     "FundusParams",
+    "LensArtefacts",
     "Lesion",
     "Lobe",
+    "Speck",
     "Vessel",
     "draw_fundus",
     "generate_dataset",

@@ -124,7 +124,7 @@ def paint_disc(
     local = scene[channels(window)]
     # Peripapillary glow and atrophy crescent (temporal side, u < 0).
     halo = np.exp(-(np.clip(rho - 1.0, 0.0, None) ** 2) / 0.05) * (1.0 - disc)
-    local *= 1.0 + 0.04 * halo
+    local *= 1.0 + (0.04 + 0.3 * max(0.0, params.disc_glow - 1.0)) * halo
     if params.peripapillary_atrophy:
         temporal = np.clip(-du / np.maximum(rho, 1e-6), 0.0, 1.0) ** 1.5
         crescent = (smoothstep(0.95, 1.0, rho) - smoothstep(1.15, 1.3, rho)) * temporal
@@ -135,7 +135,7 @@ def paint_disc(
     # The healthy rim is pinker towards the margin, where the nerve fibre layer thickens.
     margin = smoothstep(0.5, 1.0, rho) * (1.0 - params.disc_pallor)
     rim_colour = rim_colour * (1.0 - 0.3 * margin) + 0.3 * margin * _DISC_MARGIN_COLOUR
-    brightness = 0.88 + 0.12 * np.clip(1.0 - rho**2, 0.0, 1.0)
+    brightness = (0.88 + 0.12 * np.clip(1.0 - rho**2, 0.0, 1.0)) * params.disc_glow
     disc_colour = (rim_colour * (1.0 - cup) + _DISC_CUP_COLOUR * cup) * brightness
     local[:] = local * (1.0 - disc) + disc_colour * disc
     return window, cup

@@ -7,9 +7,9 @@ from PIL import Image
 
 from eye_model.synthetic.anatomy import paint_disc, paint_macula, paint_retina
 from eye_model.synthetic.lesions import paint_lesions
-from eye_model.synthetic.optics import apply_camera, apply_optics
+from eye_model.synthetic.optics import apply_camera, apply_optics, apply_resolution
 from eye_model.synthetic.params import FundusParams
-from eye_model.synthetic.raster import FieldGrid
+from eye_model.synthetic.raster import FieldGrid, smooth_noise, upsample
 from eye_model.synthetic.sampling import sample_fundus_params
 from eye_model.synthetic.vessels import paint_vessels
 
@@ -37,12 +37,18 @@ def draw_fundus(params: FundusParams) -> Image.Image:
     illumination *= (
         1.0 + params.illumination_tilt[0] * grid.qx + params.illumination_tilt[1] * grid.qy
     )
+    if params.illumination_blotch:
+        # Uneven illumination: a few broad brighter and darker areas.
+        low = max(16, params.image_size // 8)
+        blotch = upsample(smooth_noise(rng, low, 3), params.image_size)
+        illumination *= 1.0 + params.illumination_blotch * blotch
     scene *= illumination
 
     scene = apply_optics(params, grid, scene)
     scene = apply_camera(params, grid, scene, rng)
     image = np.clip(scene * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0)))
+    picture = Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0)))
+    return apply_resolution(picture, params.resolution)
 
 
 def render_fundus(

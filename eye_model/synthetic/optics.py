@@ -1,8 +1,9 @@
 """Between the retina and the file: the eye's optics and the camera.
 
 Blur, lens scatter, haze and contrast loss (cataract, or slight defocus),
-then exposure, white balance, gamma, rim flare, the field aperture and
-sensor noise, drawn alike for every class.
+then exposure, white balance, saturation, gamma, rim flare, dust and
+reflections, the field stop and sensor noise, then the camera's resolution;
+all but the cataract signs drawn alike for every class.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from eye_model.synthetic.artefacts import paint_lens_artefacts
 from eye_model.synthetic.params import FundusParams
 from eye_model.synthetic.raster import FieldGrid, rgb, upsample
 
@@ -43,9 +45,9 @@ def _gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def field_mask(params: FundusParams, grid: FieldGrid) -> np.ndarray:
-    """Circular field aperture, 1 inside, 0 outside, with a one-pixel soft edge."""
-    distance_px = (1.0 - grid.field_r) * params.field_radius_px
-    return np.clip(distance_px + 0.5, 0.0, 1.0)
+    """The field stop (circle, chords, notch), 1 inside, 0 outside, with a one-pixel soft edge."""
+    inside = params.field_shape.inside_distance(grid.qx, grid.qy, grid.field_r)
+    return np.clip(inside * params.field_radius_px + 0.5, 0.0, 1.0)
 
 
 def apply_optics(params: FundusParams, grid: FieldGrid, scene: np.ndarray) -> np.ndarray:
@@ -80,9 +82,13 @@ def apply_optics(params: FundusParams, grid: FieldGrid, scene: np.ndarray) -> np
 def apply_camera(
     params: FundusParams, grid: FieldGrid, scene: np.ndarray, rng: np.random.Generator
 ) -> np.ndarray:
-    """Exposure, white balance, gamma, rim flare, field aperture and sensor noise."""
+    """Exposure, white balance, saturation, gamma, rim flare, lens artefacts, field stop, noise."""
     gains = params.exposure * np.asarray(params.white_balance, dtype=np.float32).reshape(3, 1, 1)
-    scene = np.clip(scene * gains, 0.0, 1.0) ** np.float32(1.0 / params.gamma)
+    scene = scene * gains
+    if params.saturation != 1.0:
+        grey = scene.mean(axis=0, keepdims=True)
+        scene = grey + (scene - grey) * np.float32(params.saturation)
+    scene = np.clip(scene, 0.0, 1.0) ** np.float32(1.0 / params.gamma)
     if params.rim_flare:
         direction = grid.qx * math.cos(params.rim_flare_angle) + grid.qy * math.sin(
             params.rim_flare_angle
@@ -90,6 +96,17 @@ def apply_camera(
         towards = np.clip(direction / np.maximum(grid.field_r, 1e-6), 0.0, 1.0) ** 2
         band = np.exp(-(((1.0 - grid.field_r) / 0.06) ** 2))
         scene = scene + params.rim_flare * band * towards * _FLARE_COLOUR
+    scene = paint_lens_artefacts(params.lens_artefacts, grid.qx, grid.qy, scene)
     noise = rng.standard_normal(grid.field_r.shape, dtype=np.float32) * params.sensor_noise
     # The surround is the camera's black level with the same sensor noise.
     return (scene - params.black_level) * field_mask(params, grid) + params.black_level + noise
+
+
+def apply_resolution(image: Image.Image, resolution: float) -> Image.Image:
+    """A camera of lower resolution: down to ``resolution`` x the size and back up (bicubic)."""
+    if resolution >= 1.0:
+        return image
+    side = image.width
+    small = max(16, round(side * resolution))
+    low = image.resize((small, small), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return low.resize((side, side), Image.Resampling.BICUBIC)

@@ -12,6 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from eye_model.synthetic.artefacts import FieldShape, LensArtefacts
+
+#: Version of the generator's output: the same seed gives other images under another
+#: version, so it keys the synthetic-data cache (:func:`eye_model.data.synthetic_cache_dir`).
+GENERATOR_VERSION = "3"
+
 #: Range of the severity drawn for a diseased image when none is given (0-1).
 SEVERITY_RANGE: tuple[float, float] = (0.3, 1.0)
 #: Vertical cup-to-disc ratio of healthy discs (also used for cataract and DR).
@@ -21,8 +27,12 @@ GLAUCOMA_CUP_TO_DISC: tuple[float, float] = (0.6, 0.9)
 #: Gaussian blur (sigma of the core) of cataract images as a fraction of the
 #: image size; a wide scatter halo (6 %) is mixed in on top.
 CATARACT_BLUR_FRACTION: tuple[float, float] = (0.01, 0.035)
-#: JPEG quality range of the written files (camera variation).
-JPEG_QUALITY_RANGE: tuple[int, int] = (75, 95)
+#: Largest defocus blur (sigma) of images without cataract, as a fraction of the image size.
+SHARP_BLUR_FRACTION = 0.003
+#: JPEG quality range of the written files (camera and archive variation).
+JPEG_QUALITY_RANGE: tuple[int, int] = (40, 95)
+#: Range of the camera's resolution as a fraction of the image size (1: full resolution).
+RESOLUTION_RANGE: tuple[float, float] = (0.5, 1.0)
 #: Smallest image side accepted, in pixels.
 MIN_IMAGE_SIZE = 32
 
@@ -133,6 +143,7 @@ class FundusParams:
     rotation_deg: float
     mirrored: bool
     anatomy_offset: tuple[float, float]
+    field_shape: FieldShape
     # optic disc
     disc_centre: tuple[float, float]
     disc_radius: float
@@ -155,6 +166,10 @@ class FundusParams:
     tigroid: float
     vignetting: float
     illumination_tilt: tuple[float, float]
+    illumination_blotch: float
+    disc_glow: float
+    vessel_redness: float
+    vessel_contrast: float
     # content
     vessels: tuple[Vessel, ...]
     lesions: tuple[Lesion, ...]
@@ -166,11 +181,14 @@ class FundusParams:
     contrast: float
     exposure: float
     white_balance: tuple[float, float, float]
+    saturation: float
     gamma: float
     rim_flare: float
     rim_flare_angle: float
+    lens_artefacts: LensArtefacts
     sensor_noise: float
     black_level: float
+    resolution: float
     jpeg_quality: int
     texture_seed: int
 

@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from eye_model.config import CLASS_NAMES
+from eye_model.synthetic.artefacts import sample_field_shape, sample_lens_artefacts
 from eye_model.synthetic.lesions import sample_dr_lesions
 from eye_model.synthetic.params import (
     CATARACT_BLUR_FRACTION,
@@ -18,16 +19,29 @@ from eye_model.synthetic.params import (
     JPEG_QUALITY_RANGE,
     MIN_IMAGE_SIZE,
     NORMAL_CUP_TO_DISC,
+    RESOLUTION_RANGE,
     SEVERITY_RANGE,
+    SHARP_BLUR_FRACTION,
     CupShape,
     FundusParams,
     Lesion,
 )
 from eye_model.synthetic.vessels import sample_vessel_tree
 
-# Fundus colour of a lightly and of a heavily pigmented eye (linear RGB, 0-1).
-_LIGHT_FUNDUS = np.array([0.93, 0.47, 0.20])
-_DARK_FUNDUS = np.array([0.66, 0.24, 0.09])
+# Fundus colours as cameras record them (0-1): each image mixes two of them. Orange of a
+# lightly and of a heavily pigmented eye, a pale blond fundus, a deep brown one, and a
+# saturated red. The red is one real anchor: scikit-image's retina.jpg (a healthy eye)
+# averages (207, 83, 60) over its field, vessels and vignetting included. None is
+# favoured: real cameras and eyes spread over all of them.
+_FUNDUS_PALETTE = np.array(
+    [
+        [0.93, 0.47, 0.20],
+        [0.66, 0.24, 0.09],
+        [0.95, 0.62, 0.35],
+        [0.52, 0.20, 0.10],
+        [0.90, 0.37, 0.26],
+    ]
+)
 
 
 def sample_fundus_params(
@@ -66,12 +80,15 @@ def sample_fundus_params(
     )
     n = image_size
 
-    # Camera geometry: some cameras crop the field at the top and bottom.
-    if rng.random() < 0.25:
-        field_radius_px = n * rng.uniform(0.50, 0.54)
+    # Camera geometry: some fields overflow the image (cropped at its edges), some are cut
+    # by chords or marked by a notch, some sit off centre.
+    cropped = bool(rng.random() < 0.25)
+    if cropped:
+        field_radius_px = n * rng.uniform(0.50, 0.56)
     else:
-        field_radius_px = n * rng.uniform(0.44, 0.49)
-    field_centre_px = (n / 2 + n * rng.uniform(-0.02, 0.02), n / 2 + n * rng.uniform(-0.02, 0.02))
+        field_radius_px = n * rng.uniform(0.40, 0.49)
+    field_centre_px = (n / 2 + n * rng.uniform(-0.03, 0.03), n / 2 + n * rng.uniform(-0.03, 0.03))
+    field_shape = sample_field_shape(rng, cropped)
     rotation_deg = float(rng.uniform(-10, 10))
     mirrored = bool(rng.random() < 0.5)
     anatomy_offset = (float(rng.uniform(-0.06, 0.06)), float(rng.uniform(-0.05, 0.05)))
@@ -111,12 +128,18 @@ def sample_fundus_params(
     macula_depth = float(rng.uniform(0.2, 0.4))
     foveal_reflex = float(rng.uniform(0.0, 1.0))
 
-    pigmentation = float(rng.beta(2.0, 2.0))
-    red, green, blue = ((1 - pigmentation) * _LIGHT_FUNDUS + pigmentation * _DARK_FUNDUS).tolist()
-    texture_amplitude = float(rng.uniform(0.03, 0.07))
+    first, second = rng.choice(len(_FUNDUS_PALETTE), size=2, replace=False)
+    mix = float(rng.uniform(0.0, 1.0))
+    colour = (1 - mix) * _FUNDUS_PALETTE[first] + mix * _FUNDUS_PALETTE[second]
+    red, green, blue = (colour * rng.uniform(0.95, 1.05, 3)).tolist()
+    texture_amplitude = float(rng.uniform(0.02, 0.09))
     tigroid = float(rng.uniform(0.2, 1.0)) if rng.random() < 0.35 else 0.0
-    vignetting = float(rng.uniform(0.35, 0.6))
-    illumination_tilt = (float(rng.uniform(-0.12, 0.12)), float(rng.uniform(-0.12, 0.12)))
+    vignetting = float(rng.uniform(0.2, 0.7))
+    illumination_tilt = (float(rng.uniform(-0.25, 0.25)), float(rng.uniform(-0.25, 0.25)))
+    illumination_blotch = float(rng.uniform(0.0, 0.12))
+    disc_glow = float(rng.uniform(0.9, 1.15))
+    vessel_redness = float(rng.uniform(0.0, 1.0))
+    vessel_contrast = float(rng.uniform(0.6, 1.0))
 
     cup = CupShape.of_disc(
         disc_centre,
@@ -151,24 +174,27 @@ def sample_fundus_params(
         haze = 0.06 + 0.3 * grade + float(rng.uniform(-0.04, 0.04))
         contrast = 1.0 - (0.05 + 0.2 * grade) * float(rng.uniform(0.8, 1.0))
     else:
-        # A well-focused camera: at most ~0.6 px at 512 px.
-        blur_sigma_px = n * float(rng.uniform(0.0, 0.0012))
+        # Mostly well focused; some defocus, far below a cataract's blur.
+        blur_sigma_px = n * SHARP_BLUR_FRACTION * float(rng.uniform(0.0, 1.0)) ** 2
         scatter_fraction = 0.0
         haze = 0.0
         contrast = 1.0
     haze_centre = (float(rng.uniform(-0.3, 0.3)), float(rng.uniform(-0.3, 0.3)))
 
-    exposure = float(np.exp(rng.uniform(np.log(0.78), np.log(1.22))))
+    exposure = float(np.exp(rng.uniform(np.log(0.7), np.log(1.3))))
     white_balance = (
-        float(rng.uniform(0.92, 1.06)),
-        float(rng.uniform(0.9, 1.1)),
-        float(rng.uniform(0.8, 1.3)),
+        float(rng.uniform(0.88, 1.08)),
+        float(rng.uniform(0.8, 1.15)),
+        float(rng.uniform(0.7, 1.4)),
     )
-    gamma = float(rng.uniform(0.85, 1.15))
+    saturation = float(rng.uniform(0.75, 1.3))
+    gamma = float(rng.uniform(0.8, 1.25))
     rim_flare = float(rng.uniform(0.1, 0.35)) if rng.random() < 0.35 else 0.0
     rim_flare_angle = float(rng.uniform(-math.pi, math.pi))
     sensor_noise = float(rng.uniform(0.5, 1.5)) / 255.0
     black_level = float(rng.uniform(0.0, 6.0)) / 255.0
+    lens_artefacts = sample_lens_artefacts(rng)
+    resolution = float(rng.uniform(*RESOLUTION_RANGE)) if rng.random() < 0.5 else 1.0
     jpeg_quality = int(rng.integers(JPEG_QUALITY_RANGE[0], JPEG_QUALITY_RANGE[1] + 1))
     texture_seed = int(rng.integers(0, 2**63 - 1))
 
@@ -181,6 +207,7 @@ def sample_fundus_params(
         rotation_deg=rotation_deg,
         mirrored=mirrored,
         anatomy_offset=anatomy_offset,
+        field_shape=field_shape,
         disc_centre=disc_centre,
         disc_radius=disc_radius,
         disc_elongation=disc_elongation,
@@ -200,6 +227,10 @@ def sample_fundus_params(
         tigroid=tigroid,
         vignetting=vignetting,
         illumination_tilt=illumination_tilt,
+        illumination_blotch=illumination_blotch,
+        disc_glow=disc_glow,
+        vessel_redness=vessel_redness,
+        vessel_contrast=vessel_contrast,
         vessels=vessels,
         lesions=lesions,
         blur_sigma_px=float(blur_sigma_px),
@@ -209,11 +240,14 @@ def sample_fundus_params(
         contrast=float(contrast),
         exposure=exposure,
         white_balance=white_balance,
+        saturation=saturation,
         gamma=gamma,
         rim_flare=rim_flare,
         rim_flare_angle=rim_flare_angle,
+        lens_artefacts=lens_artefacts,
         sensor_noise=sensor_noise,
         black_level=black_level,
+        resolution=resolution,
         jpeg_quality=jpeg_quality,
         texture_seed=texture_seed,
     )

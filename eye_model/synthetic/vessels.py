@@ -23,9 +23,12 @@ _TORTUOSITY_KERNEL = np.exp(-0.5 * (np.arange(-15, 16) / 5.0) ** 2)
 _TORTUOSITY_KERNEL /= np.sqrt((_TORTUOSITY_KERNEL**2).sum())
 _RIPPLE_KERNEL = np.ones(_KERNEL_SPAN + 1) / np.sqrt(_KERNEL_SPAN + 1)
 
-# Light transmitted through blood: veins darker and bluer than arteries.
+# Light transmitted through blood: veins darker and bluer than arteries. Cameras record
+# vessels from dark brown to plainly red (``FundusParams.vessel_redness`` mixes them).
 _VEIN_TRANSMISSION = rgb(0.50, 0.22, 0.30)
 _ARTERY_TRANSMISSION = rgb(0.70, 0.40, 0.48)
+_RED_VEIN_TRANSMISSION = rgb(0.72, 0.22, 0.25)
+_RED_ARTERY_TRANSMISSION = rgb(0.88, 0.42, 0.42)
 
 
 def _trace_path(
@@ -338,9 +341,11 @@ def paint_vessels(
     fade[faz] = 1.0 - np.exp(-((d2 / 0.06**2) ** 2))
     window, cup = cup_window
     fade[window] *= 1.0 - (0.8 if params.label == "glaucoma" else 0.2) * cup
+    fade *= params.vessel_contrast
     vein = alpha["vein"] * fade
     artery = alpha["artery"] * fade
-    scene *= (1.0 - vein * (1.0 - _VEIN_TRANSMISSION)) * (
-        1.0 - artery * (1.0 - _ARTERY_TRANSMISSION)
-    )
+    red = params.vessel_redness
+    vein_transmission = (1 - red) * _VEIN_TRANSMISSION + red * _RED_VEIN_TRANSMISSION
+    artery_transmission = (1 - red) * _ARTERY_TRANSMISSION + red * _RED_ARTERY_TRANSMISSION
+    scene *= (1.0 - vein * (1.0 - vein_transmission)) * (1.0 - artery * (1.0 - artery_transmission))
     scene += 0.1 * alpha["reflex"] * artery

@@ -147,8 +147,11 @@ def build_records(
     Returns:
         Records with the fields ``schema``, ``request_id``, ``row``, ``timestamp`` (epoch s),
         ``model_name``, ``model_version``, ``source_run_id``, ``status`` (ok/error),
-        ``error``, ``inference_ms``, ``predicted_class``, ``confidence`` (0-1),
-        ``prob_<class>`` (0-1), ``img_*`` (metadata and statistics) and ``emb_0`` … ``emb_7``.
+        ``error``, ``inference_ms``, ``batch_size`` (images in its network call, 0 when
+        not scored), ``predicted_class``, ``confidence`` (0-1), ``prob_<class>`` (0-1),
+        ``fundus_check`` (``pass``, why the image was refused or warned about, or None when
+        not checked), ``ood_score``, ``warning``, ``img_*`` (metadata and statistics) and
+        ``emb_0`` … ``emb_7``.
     """
     now = time.time() if timestamp is None else timestamp
     records = []
@@ -162,6 +165,8 @@ def build_records(
             "model_version": identity.version,
             "source_run_id": identity.source_run_id,
             "inference_ms": _round(row.inference_ms, 3),
+            # Images in the network call that scored it (0: not scored).
+            "batch_size": int(getattr(row, "batch_size", 0)),
         }
         if image_ids is not None:  # a missing id stays missing (None), not "None"
             record["image_id"] = None if image_ids[i] is None else str(image_ids[i])
@@ -171,8 +176,13 @@ def build_records(
             record["status"] = "ok"
             record.update({k: _round(v) if isinstance(v, float) else v for k, v in fields.items()})
         else:
+            # A refused row keeps why (``fundus_check``), not a class or probabilities.
             record.update(
-                status="error", error=fields["error"], predicted_class=None, confidence=None
+                status="error",
+                error=fields["error"],
+                predicted_class=None,
+                confidence=None,
+                fundus_check=fields["fundus_check"],
             )
         if row.image is not None:
             record.update(

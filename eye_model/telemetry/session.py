@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from eye_model.config import CLASS_NAMES
+from eye_model.ood import OOD_THRESHOLD
 
 #: Most snapshots kept for delivery; older ones are dropped while the tracking server is away.
 MAX_PENDING_SNAPSHOTS = 1000
@@ -32,9 +33,12 @@ class _SessionState:
     sum_ms: float = 0.0
     sum_confidence: float = 0.0
     scored: int = 0
+    sum_batch: int = 0
     class_counts: np.ndarray = field(default_factory=lambda: np.zeros(len(CLASS_NAMES), int))
     # (confidence 0-1 or None, class code or -1 for an error, inference ms)
     window: deque[tuple[float | None, int, float]] = field(default_factory=deque)
+    # ood_score of the window's scored records (None: the model has no score), same order
+    window_ood: deque[float | None] = field(default_factory=deque)
     last_logged_total: int = 0
     last_logged_at: float = field(default_factory=time.monotonic)
 
@@ -56,7 +60,9 @@ class SessionMetrics:
         """
         self.every_n = every_n
         self.every_s = every_s
-        self._state = _SessionState(window=deque(maxlen=window_size))
+        self._state = _SessionState(
+            window=deque(maxlen=window_size), window_ood=deque(maxlen=window_size)
+        )
         self._lock = threading.Lock()
         self._pending: list[tuple[int, dict[str, float]]] = []
 
@@ -76,13 +82,16 @@ class SessionMetrics:
                 state.sum_ms += record["inference_ms"]
                 if record["status"] == "ok":
                     state.scored += 1
+                    state.sum_batch += int(record.get("batch_size") or 0)
                     state.sum_confidence += record["confidence"]
                     code = CLASS_NAMES.index(record["predicted_class"])
                     state.class_counts[code] += 1
                     state.window.append((record["confidence"], code, record["inference_ms"]))
+                    state.window_ood.append(record.get("ood_score"))
                 else:
                     state.errors += 1
                     state.window.append((None, -1, record["inference_ms"]))
+                    state.window_ood.append(None)
             if state.total - state.last_logged_total >= self.every_n:
                 self._queue_locked()
 
@@ -133,6 +142,8 @@ class SessionMetrics:
             "session_total_predictions": float(state.total),
             "session_avg_inference_time_ms": state.sum_ms / max(state.total, 1),
             "session_avg_confidence": 100.0 * state.sum_confidence / max(state.scored, 1),
+            # Images per network call, averaged over scored images (batching across requests).
+            "session_avg_batch_size": state.sum_batch / max(state.scored, 1),
             "session_error_count": float(state.errors),
             "session_error_rate": state.errors / max(state.total, 1),
         }
@@ -162,4 +173,8 @@ class SessionMetrics:
         )
         for heuristic in heuristics:
             metrics[f"recent_{heuristic.name}"] = float(heuristic.flag)
+        ood = np.array([score for score in state.window_ood if score is not None], float)
+        if ood.size:  # a model without the out-of-distribution score logs neither
+            metrics["recent_ood_share"] = float((ood >= OOD_THRESHOLD).mean())
+            metrics["recent_avg_ood_score"] = float(ood.mean())
         return metrics

@@ -195,6 +195,8 @@ class RunShipper:
                     "prediction_count": float(step),
                     **{c: record[c] for c in PROB_COLUMNS},
                 }
+                if record.get("ood_score") is not None:
+                    values["prediction_ood_score"] = record["ood_score"]
                 metrics.extend(Metric(k, float(v), stamp, step) for k, v in values.items())
             for start in range(0, len(metrics), BATCH_LIMIT):
                 client.log_batch(run_id, metrics=metrics[start : start + BATCH_LIMIT])

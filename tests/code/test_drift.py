@@ -63,7 +63,8 @@ def test_no_drift_resample_is_quiet(reference: pd.DataFrame) -> None:
     assert not report.drift_detected  # no heuristic fired either
     assert not report.alarm
     assert report.drift_share == 0.0
-    assert len(report.features) == 1 + 6 + 6 + 1  # prediction, output, image, embedding
+    # prediction, output, image, embedding (ood_score and the embedding summary)
+    assert len(report.features) == 1 + 6 + 6 + 2
     assert {result.family for result in report.features} == {
         "prediction",
         "output",
@@ -99,11 +100,35 @@ def test_class_prior_shift_flags_prediction(reference: pd.DataFrame) -> None:
 def test_embedding_shift_flags_only_embedding(reference: pd.DataFrame) -> None:
     window = simulate_records(1_000, seed=5, embedding_shift=0.6)
     report = compute_drift(reference, window)
-    assert flagged_of(report) == {("embedding", EMBEDDING_FEATURE)}
-    embedding = report.flagged_features[0]
+    # Moved embeddings are further from the class centres: ood_score rises with them.
+    assert flagged_of(report) == {("embedding", EMBEDDING_FEATURE), ("embedding", "ood_score")}
+    embedding = next(r for r in report.flagged_features if r.feature == EMBEDDING_FEATURE)
     assert embedding.test == "mmd"
     assert embedding.p == pytest.approx(1 / (report.config.n_permutations + 1))
     assert report.estimate is not None and not report.estimate.reliable
+
+
+def test_ood_score_is_a_feature_of_the_embedding_family(reference: pd.DataFrame) -> None:
+    """Images unlike the training data (ood_score up) are input drift; a model without the
+    score (null ood_score) is not tested on it, and says so."""
+    window = simulate_records(500, seed=11)
+    quiet = compute_drift(reference, window, FAST_CONFIG)
+    ood = next(r for r in quiet.features if r.feature == "ood_score")
+    assert (ood.family, ood.test, ood.flag) == ("embedding", "ks", False)
+    assert ood.n_reference == 2_000 and ood.n_window == 500
+
+    shifted = window.assign(ood_score=window["ood_score"] + 1.0)
+    report = compute_drift(reference, shifted, FAST_CONFIG)
+    assert flagged_of(report) == {("embedding", "ood_score")}
+    assert report.metrics()["drift.embedding.ood_score.flag"] == 1.0
+    assert report.drift_share == pytest.approx(1 / 15)
+    assert report.estimate is not None and not report.estimate.reliable  # input drift
+
+    old_model = window.assign(ood_score=None)
+    report = compute_drift(reference, old_model, FAST_CONFIG)
+    assert all(r.feature != "ood_score" for r in report.features)
+    assert "embedding.ood_score not tested: too few finite values" in report.notes
+    assert not report.drift_test_detected
 
 
 def test_tiny_shift_on_huge_window_is_significant_but_not_flagged() -> None:

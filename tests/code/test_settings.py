@@ -31,13 +31,15 @@ def test_defaults_match_the_brief() -> None:
     assert settings.enable_registry is False
     assert settings.model_stage == "Production"
     assert settings.model_version == "latest"
-    assert settings.batch_size == 32
+    assert settings.max_batch == 32
+    assert settings.max_wait_ms == 5.0
     assert settings.home == Path(".eye-model").resolve()
     assert settings.telemetry_dir == settings.home / "telemetry"
 
 
 def test_every_settings_field_has_exactly_one_variable() -> None:
-    markers = {"in_scoring_server", "mlflow_run_id", "mlflow_experiment_id"}
+    # Variables other tools own (MLflow, TensorFlow's TF_CONFIG): read, not eye-model's table.
+    markers = {"in_scoring_server", "mlflow_run_id", "mlflow_experiment_id", "tf_config"}
     names = {f.name for f in dataclasses.fields(Settings)} - markers
     assert names == {var.field for var in ENVIRONMENT}
     assert len({var.name for var in ENVIRONMENT}) == len(ENVIRONMENT)
@@ -50,8 +52,10 @@ def test_unset_variables_give_the_dataclass_defaults() -> None:
 @pytest.mark.parametrize(
     ("name", "value", "expected"),
     [
-        ("EYE_MODEL_BATCH_SIZE", "abc", "EYE_MODEL_BATCH_SIZE='abc' is not a whole number"),
+        ("EYE_MODEL_MAX_BATCH", "abc", "EYE_MODEL_MAX_BATCH='abc' is not a whole number"),
+        ("EYE_MODEL_MAX_BATCH", "0", "EYE_MODEL_MAX_BATCH='0' must be above 0"),
         ("EYE_MODEL_BATCH_SIZE", "0", "EYE_MODEL_BATCH_SIZE='0' must be above 0"),
+        ("EYE_MODEL_MAX_WAIT_MS", "-1", "EYE_MODEL_MAX_WAIT_MS='-1' must be at least 0"),
         ("EYE_MODEL_SHIP_INTERVAL", "inf", "EYE_MODEL_SHIP_INTERVAL='inf' must be above 0"),
         ("EYE_MODEL_DECODE_THREADS", "-1", "EYE_MODEL_DECODE_THREADS='-1' must be at least 0"),
         ("EYE_MODEL_SHIP_INTERVAL", "soon", "EYE_MODEL_SHIP_INTERVAL='soon' is not a number"),
@@ -79,12 +83,20 @@ def test_values_are_parsed() -> None:
             "EYE_MODEL_HOME": "/tmp/eye-home",
         }
     )
-    assert settings.batch_size == 8
+    assert settings.max_batch == 8  # the old name of EYE_MODEL_MAX_BATCH
     assert settings.enable_registry is True
     assert settings.telemetry_mode == "always"
     assert settings.model_stage == "Staging"
     assert settings.model_version == "7"
     assert settings.telemetry_dir == Path("/tmp/eye-home/telemetry")
+
+
+def test_the_new_batch_name_wins_over_the_old_one_and_zero_wait_is_allowed() -> None:
+    settings = load_settings(
+        {"EYE_MODEL_MAX_BATCH": "16", "EYE_MODEL_BATCH_SIZE": "8", "EYE_MODEL_MAX_WAIT_MS": "0"}
+    )
+    assert (settings.max_batch, settings.max_wait_ms) == (16, 0.0)
+    assert load_settings({"EYE_MODEL_MAX_WAIT_MS": "0.5"}).max_wait_ms == 0.5
 
 
 def test_secrets_stay_out_of_repr() -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from eye_model.ood import OOD_WARNING
 from eye_model.preprocess import decode_image
 from eye_model.pyfunc import ScoredImage
 from eye_model.settings import load_settings, settings_environ
@@ -44,6 +45,7 @@ def _rows() -> list[ScoredImage]:
         embedding=np.arange(8, dtype=np.float32),
         decode_ms=2.0,
         network_ms=1.5,
+        batch_size=12,
     )
     bad = ScoredImage(index=1, error="image is not valid base64; send ...", decode_ms=0.1)
     return [good, bad]
@@ -57,6 +59,7 @@ def test_records_describe_predictions_without_image_content() -> None:
     assert good["predicted_class"] == "normal"
     assert good["confidence"] == pytest.approx(0.4)
     assert good["inference_ms"] == pytest.approx(3.5)
+    assert (good["batch_size"], bad["batch_size"]) == (12, 0)
     assert good["model_version"] == "3"
     assert good["img_width"] == 128
     assert good["img_format"] == "JPEG"
@@ -142,14 +145,17 @@ def test_credentials_never_reach_tags() -> None:
     assert redact_uri("models:/eye-disease-model/2") == "models:/eye-disease-model/2"
 
 
-def _record(status: str = "ok", confidence: float = 0.9, ms: float = 2.0) -> dict[str, object]:
+def _record(
+    status: str = "ok", confidence: float = 0.9, ms: float = 2.0, batch: int = 1
+) -> dict[str, object]:
     if status != "ok":
-        return {"status": "error", "inference_ms": ms}
+        return {"status": "error", "inference_ms": ms, "batch_size": 0}
     return {
         "status": "ok",
         "confidence": confidence,
         "predicted_class": "normal",
         "inference_ms": ms,
+        "batch_size": batch,
     }
 
 
@@ -159,13 +165,15 @@ def test_session_metrics_number_records_and_queue_every_n() -> None:
     session.count(first)
     assert [r["count"] for r in first] == [1, 2, 3]
     assert session.next_pending() is None  # 3 < every_n
-    session.count([_record(confidence=0.8, ms=4.0) for _ in range(3)])
+    session.count([_record(confidence=0.8, ms=4.0, batch=8) for _ in range(3)])
     step, metrics = session.next_pending()
     assert step == 6
     assert metrics["session_total_predictions"] == 6
     assert metrics["session_error_count"] == 1
     assert metrics["session_avg_confidence"] == pytest.approx(100 * (0.5 + 0.9 + 2.4) / 5)
     assert metrics["class_dist_normal"] == 1.0
+    # Over the scored images only: two ran alone, three in batches of 8.
+    assert metrics["session_avg_batch_size"] == pytest.approx((1 + 1 + 3 * 8) / 5)
     # The window holds the last 4: one error and three at 0.8 (0.8 is not below 0.70).
     assert metrics["recent_avg_confidence"] == pytest.approx(80.0)
     assert metrics["recent_low_confidence_ratio"] == 0.0
@@ -178,6 +186,33 @@ def test_session_metrics_number_records_and_queue_every_n() -> None:
     session.count([_record(confidence=0.6)])
     session.queue_now()
     assert session.next_pending()[0] == 7
+
+
+def test_records_and_session_metrics_carry_the_ood_score() -> None:
+    """The inference log keeps ood_score and the warning; the window logs the share at or
+    above 1.0 and the mean; a model without the score logs neither metric."""
+    rows = _rows()
+    rows[0].ood_score = 1.25
+    rows[0].warnings.append(OOD_WARNING)
+    good, bad = build_records(rows, request_id="r", identity=ModelIdentity())
+    assert good["ood_score"] == 1.25
+    assert good["warning"] == OOD_WARNING
+    assert bad["status"] == "error" and bad.get("ood_score") is None
+    session = SessionMetrics(window_size=4, every_n=4, every_s=3600)
+    scores = [0.2, 1.0, 3.0, -0.2]
+    session.count([{**_record(), "ood_score": score} for score in scores])
+    _, metrics = session.next_pending()
+    assert metrics["recent_ood_share"] == pytest.approx(0.5)  # 1.0 and 3.0
+    assert metrics["recent_avg_ood_score"] == pytest.approx(1.0)
+    session.delivered()
+    session.count([good, bad])  # the window keeps the last 4: 3.0, -0.2, 1.25 and the error
+    session.queue_now()
+    _, metrics = session.next_pending()
+    assert metrics["recent_ood_share"] == pytest.approx(2 / 3)
+    old_model = SessionMetrics(window_size=4, every_n=2, every_s=3600)
+    old_model.count([_record(), {**_record(), "ood_score": None}])
+    _, metrics = old_model.next_pending()
+    assert "recent_ood_share" not in metrics and "recent_avg_ood_score" not in metrics
 
 
 def test_session_metrics_queue_when_stale() -> None:

@@ -20,6 +20,7 @@ from eye_model.data import (
     stratified_split,
     synthetic_source_size,
 )
+from eye_model.synthetic import GENERATOR_VERSION
 from tests.helpers import draw_fundus_like, encode
 
 FOLDERS = {
@@ -105,9 +106,10 @@ def test_duplicates_never_cross_splits(tmp_path: Path) -> None:
     dataset = load_dataset(tmp_path, 32, seed=3)
     assert dataset.skipped_duplicates == 6
     fingerprints = [
-        {split.pixels[i].tobytes() for i in range(len(split))}
+        {Path(source).read_bytes() for source in split.sources}
         for split in (dataset.train, dataset.validation, dataset.test)
     ]
+    assert sum(len(f) for f in fingerprints) == 48
     assert not (fingerprints[0] & fingerprints[1])
     assert not (fingerprints[0] & fingerprints[2])
     assert not (fingerprints[1] & fingerprints[2])
@@ -122,8 +124,8 @@ def test_split_is_stratified_and_seeded(tmp_path: Path) -> None:
     assert first.train.sources != other.train.sources
     for split, share in ((first.train, 14), (first.validation, 3), (first.test, 3)):
         assert split.class_counts() == dict.fromkeys(CLASS_NAMES, share)
-    assert first.train.pixels.shape == (56, 32, 32, 3)
-    assert first.train.stats.shape == (56, 7)
+    assert len(first.train.sources) == 56
+    assert first.train.image_size == 32
 
 
 def test_stratified_split_covers_every_item_once() -> None:
@@ -144,7 +146,7 @@ def test_synthetic_set_is_generated_once_into_the_cache_folder(tmp_path: Path) -
     cache = tmp_path / "cache"
     folder = prepare_synthetic_data(2, 96, 5, cache)
     assert folder.parent == cache
-    assert folder.name == "synthetic-v2-n2-s256-seed5"
+    assert folder.name == f"synthetic-v2-g{GENERATOR_VERSION}-n2-s256-seed5"
     files = discover_images(folder)
     assert files["label"].value_counts().to_dict() == dict.fromkeys(CLASS_NAMES, 2)
     first = files["path"].iat[0]
@@ -153,6 +155,19 @@ def test_synthetic_set_is_generated_once_into_the_cache_folder(tmp_path: Path) -
     assert Path(first).read_bytes() == b"kept"
     # Another seed is another set, beside the first.
     assert prepare_synthetic_data(2, 96, 6, cache) != folder
+
+
+def test_a_new_generator_version_never_reads_the_old_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import eye_model.data
+
+    cache = tmp_path / "cache"
+    current = prepare_synthetic_data(1, 96, 5, cache)
+    monkeypatch.setattr(eye_model.data, "GENERATOR_VERSION", "older")
+    older = prepare_synthetic_data(1, 96, 5, cache)
+    assert older != current
+    assert sorted(p.name for p in cache.iterdir()) == sorted([current.name, older.name])
 
 
 def test_synthetic_images_are_larger_than_the_network_input() -> None:

@@ -22,7 +22,12 @@ from mlflow import MlflowClient
 from PIL import ImageEnhance
 
 from eye_model.drift import parse_since, run_drift_job
-from eye_model.drift.validation import load_classifier, render_pool, score_images
+from eye_model.drift.validation import (
+    draw_non_fundus,
+    load_classifier,
+    render_pool,
+    score_images,
+)
 from eye_model.pyfunc import ModelConfig, log_model
 from eye_model.settings import load_settings
 from eye_model.stack import find_free_port
@@ -94,6 +99,35 @@ def test_drift_run_from_a_local_folder(
     html = (Path(local) / "drift_report.html").read_text()
     assert "<img" in html
     assert "img_brightness" in html
+
+
+def test_pictures_unlike_the_training_data_drift_the_ood_score(
+    trained_model: TrainedModel,
+    scored: dict[str, pd.DataFrame],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A window where a third of the images are not fundus photographs: ood_score drifts
+    (embedding family, input drift); the clean window leaves it quiet."""
+    rng = np.random.default_rng(8)
+    foreign = [draw_non_fundus(256, rng) for _ in range(120)]
+    monkeypatch.setenv("EYE_MODEL_FUNDUS_CHECK", "off")  # score them all
+    model = load_classifier(trained_model.model_dir)
+    mixed = pd.concat(
+        [scored["clean"].iloc[:240], score_images(model, foreign, ["normal"] * 120)],
+        ignore_index=True,
+    )
+    assert (mixed["ood_score"].iloc[240:] >= 1.0).mean() >= 0.8
+    folder = _write_parts(mixed, tmp_path / "foreign")
+    result = run_drift_job(str(trained_model.model_dir), window=0, records_path=str(folder))
+    ood = next(f for f in result.report.features if f.feature == "ood_score")
+    assert ood.family == "embedding" and ood.flag
+    assert ood.n_window == 360
+    metrics = MlflowClient().get_run(result.run_id).data.metrics
+    assert metrics["drift.embedding.ood_score.flag"] == 1.0
+    clean = _write_parts(scored["clean"], tmp_path / "clean")
+    quiet = run_drift_job(str(trained_model.model_dir), window=0, records_path=str(clean))
+    assert not next(f for f in quiet.report.features if f.feature == "ood_score").flag
 
 
 def test_no_drift_stays_quiet_and_small_windows_are_insufficient(

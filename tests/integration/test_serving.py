@@ -97,6 +97,42 @@ def test_many_images_in_one_request(server_url: str) -> None:
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
 
 
+def test_concurrent_clients_each_get_their_own_rows(server_url: str) -> None:
+    """16 clients at once (their images share network calls): each checks its own rows."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def post(rows: list[list[object]]) -> list[dict[str, object]]:
+        payload = {"dataframe_split": {"columns": ["image_id", "image"], "data": rows}}
+        response = requests.post(f"{server_url}/invocations", json=payload, timeout=120)
+        assert response.status_code == 200, response.text
+        return response.json()["predictions"]
+
+    requests_rows = []
+    for caller in range(16):
+        rows: list[list[object]] = []
+        for k in range(1 + caller % 3):
+            image = encode(draw_fundus_like(96 + 16 * k, seed=10 * caller + k), "JPEG")
+            value = b64(image if (caller + k) % 4 else image[:300])  # every 4th truncated
+            rows.append([f"c{caller}-{k}", value])
+        requests_rows.append(rows)
+    alone = {row[0]: post([row])[0] for rows in requests_rows for row in rows}
+    for _ in range(2):
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(post, requests_rows))
+        for rows, predictions in zip(requests_rows, answers, strict=True):
+            assert [p["image_id"] for p in predictions] == [row[0] for row in rows]
+            for prediction in predictions:
+                expected = alone[prediction["image_id"]]
+                if expected["error"] is None:
+                    assert prediction["error"] is None
+                    for column in PROB_COLUMNS:
+                        assert prediction[column] == pytest.approx(expected[column], abs=1e-5)
+                else:
+                    assert "corrupt" in prediction["error"] or "truncated" in prediction["error"]
+                    assert prediction["error"] == expected["error"]
+                    assert prediction["predicted_class"] is None
+
+
 def test_missing_image_column_is_a_4xx_naming_it(server_url: str) -> None:
     payload = {"dataframe_split": {"columns": ["picture"], "data": [["abc"]]}}
     response = requests.post(f"{server_url}/invocations", json=payload, timeout=60)
@@ -179,3 +215,61 @@ def test_serving_in_the_models_own_virtualenv(tiny_model_path: Path, tmp_path: P
         stop_process(process)
     # It really ran elsewhere: MLflow logs that it created or reused a virtual environment.
     assert "virtualenv" in log.read_text().lower() or "environment" in log.read_text().lower()
+
+
+@pytest.mark.slow
+def test_sigterm_while_requests_wait_answers_every_request_it_took(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    """Requests queued for the network when SIGTERM arrives are answered, never left hanging."""
+    import os
+    import signal
+    import threading
+    import time
+
+    port = find_free_port()
+    command = build_serve_command(str(tiny_model_path), port=port, env_manager="local")
+    env = server_environment({"ENABLE_MLFLOW_TRACKING": "false", "EYE_MODEL_MAX_WAIT_MS": "50"})
+    process = start_process(command, log_path=tmp_path / "server.log", env=env)
+    url = f"http://127.0.0.1:{port}"
+    image = b64(encode(draw_fundus_like(200, seed=3), "JPEG"))
+    payload = {"dataframe_split": {"columns": ["image"], "data": [[image]] * 4}}
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        with requests.Session() as session:
+            while True:
+                try:
+                    response = session.post(f"{url}/invocations", json=payload, timeout=30)
+                except requests.ConnectionError:
+                    outcome = "refused"  # the server no longer takes requests
+                except requests.Timeout:
+                    outcome = "hung"
+                else:
+                    rows = response.json()["predictions"] if response.ok else []
+                    scored = len(rows) == 4 and all(row["error"] is None for row in rows)
+                    outcome = "answered" if scored else f"HTTP {response.status_code}"
+                with lock:
+                    outcomes.append(outcome)
+                if outcome != "answered":
+                    return
+
+    try:
+        wait_for_http(f"{url}/ping", timeout=180, process=process)
+        threads = [threading.Thread(target=client, daemon=True) for _ in range(12)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 60
+        while len(outcomes) < 24 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGTERM)
+        for thread in threads:
+            thread.join(45)
+        assert process.wait(timeout=30) is not None
+    finally:
+        stop_process(process)
+    assert not any(thread.is_alive() for thread in threads)
+    assert outcomes.count("answered") >= 24
+    # Every request ended answered, or refused once the server had stopped listening.
+    assert set(outcomes) <= {"answered", "refused"}, sorted(set(outcomes))

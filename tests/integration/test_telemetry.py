@@ -20,6 +20,7 @@ from eye_model.stack import (
     stop_process,
     wait_for_http,
 )
+from tests.conftest import TrainedModel
 from tests.helpers import TrackingServer, b64, draw_fundus_like, encode
 
 pytestmark = pytest.mark.slow
@@ -148,6 +149,9 @@ def test_every_prediction_is_a_record_and_a_metric_point(
     assert 0 < metrics["prediction_confidence"] <= 100
     for key in ("session_avg_inference_time_ms", "session_avg_confidence", "recent_avg_confidence"):
         assert key in metrics
+    # One client, two images a request: every network call held that request's two images.
+    assert metrics["session_avg_batch_size"] == 2.0
+    assert {record["batch_size"] for record in got["records"]} == {2}
     for key in ("recent_low_confidence_ratio", "drift_detected", "error_rate", "class_dist_normal"):
         assert key in metrics
     record = got["records"][0]
@@ -224,6 +228,59 @@ def test_tracking_disabled_logs_nothing(
         server.stop()
     assert _serving_runs(client) == []
     assert not (tmp_path / "telemetry").exists()
+
+
+def test_the_served_ood_score_reaches_the_answer_the_log_and_the_session_metrics(
+    trained_model: TrainedModel, tracking: TrackingServer, tmp_path: Path
+) -> None:
+    """A trained model served by `mlflow models serve`: noise gets ood_score >= 1 and the
+    warning, generated fundus images do not; the log and the serving run hold both."""
+    import numpy as np
+    from PIL import Image
+
+    from eye_model.drift.validation import render_pool
+    from eye_model.ood import OOD_WARNING
+
+    rng = np.random.default_rng(3)
+    noise = [Image.fromarray(rng.integers(0, 256, (200, 200, 3), np.uint8)) for _ in range(10)]
+    fundus, _ = render_pool(3, 256, seed=31)  # 12 images of the training generator
+    images = [encode(image, "JPEG", quality=90) for image in (*noise, *fundus)]
+    client = MlflowClient(tracking.url)
+    env = _env(tracking.url, tmp_path, EYE_MODEL_FUNDUS_CHECK="off", EYE_MODEL_SESSION_EVERY_N="22")
+    server = ModelServer(trained_model.model_dir, tmp_path, env)
+    try:
+        payload = {"dataframe_split": {"columns": ["image"], "data": [[b64(i)] for i in images]}}
+        response = requests.post(f"{server.url}/invocations", json=payload, timeout=120)
+        assert response.status_code == 200, response.text
+        answers = response.json()["predictions"]
+        assert _wait_for(lambda: len(_serving_runs(client)) == 1, 30)
+        run_id = _serving_runs(client)[0].info.run_id
+        got: dict[str, list] = {}
+
+        def delivered() -> bool:
+            got["records"] = _records(client, run_id, tmp_path / f"dl-{time.monotonic()}")
+            got["points"] = client.get_metric_history(run_id, "prediction_ood_score")
+            metrics = client.get_run(run_id).data.metrics
+            return (
+                len(got["records"]) == 22
+                and len(got["points"]) == 22
+                and ("recent_ood_share" in metrics)
+            )
+
+        assert _wait_for(delivered), {k: len(v) for k, v in got.items()}
+    finally:
+        server.stop()
+    scores = [answer["ood_score"] for answer in answers]
+    assert all(score >= 1.0 for score in scores[:10]), scores
+    assert sum(score >= 1.0 for score in scores[10:]) <= 1, scores
+    for answer, score in zip(answers, scores, strict=True):
+        assert (OOD_WARNING in (answer["warning"] or "")) == (score >= 1.0)
+    records = sorted(got["records"], key=lambda record: record["row"])
+    assert [r["ood_score"] for r in records] == pytest.approx(scores, abs=1e-5)
+    metrics = client.get_run(run_id).data.metrics
+    share = sum(score >= 1.0 for score in scores) / len(scores)
+    assert metrics["recent_ood_share"] == pytest.approx(share)
+    assert metrics["recent_avg_ood_score"] == pytest.approx(float(np.mean(scores)), abs=1e-4)
 
 
 def test_two_workers_give_two_runs_whose_counts_add_up(
