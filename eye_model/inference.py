@@ -78,6 +78,7 @@ class NetworkRunner:
         from eye_model.network import build_embedding_model
 
         self.image_size = config.image_size
+        self.network = network  # for explanations (eye_model.explain)
         dual = build_embedding_model(network)
         temperature = tf.constant(float(config.temperature), tf.float32)
         width = int(dual.outputs[1].shape[-1])

@@ -37,6 +37,7 @@ from mlflow.types.schema import ColSpec, Schema
 from eye_model.batching import NetworkBatcher, network_error
 from eye_model.config import PROB_COLUMNS
 from eye_model.decode_budget import MemoryBudget, RequestGate
+from eye_model.explain import PARAMS_SCHEMA, add_heatmaps
 from eye_model.fundus import apply_fundus_check
 from eye_model.inference import ModelConfig, aligned_stack, shared_runner
 from eye_model.input_frame import (
@@ -435,11 +436,7 @@ class EyeDiseaseClassifier(PythonModel):
         model_input: pd.DataFrame,
         params: dict[str, Any] | None = None,
     ) -> pd.DataFrame | list[dict[str, Any]]:
-        """Score a DataFrame of images; see the class docstring for the schemas.
-
-        In MLflow's scoring server the output rows are returned as the records the server
-        writes as JSON (:func:`build_output_records`), the same JSON without a DataFrame.
-        """
+        """Score images (see the class docstring); param ``explain=true`` adds ``heatmap``."""
         start = time.perf_counter()
         gate = self.request_gate(time.monotonic())
         frame = as_input_frame(model_input)
@@ -454,6 +451,7 @@ class EyeDiseaseClassifier(PythonModel):
             output = build_output_frame(rows, self.config.class_names)
             if image_ids is not None:
                 output.insert(0, IMAGE_ID_COLUMN, pd.Series(image_ids, dtype=object, copy=False))
+        output = add_heatmaps(self, frame, rows, output, params)  # only with explain=true
         telemetry = getattr(self, "_telemetry", None)
         if telemetry is not None or serving:
             from eye_model.telemetry import log_request
@@ -524,7 +522,7 @@ def build_output_frame(rows: list[ScoredImage], class_names: list[str]) -> pd.Da
 
 
 def build_signature() -> ModelSignature:
-    """The signature: ``image`` (string) and optional ``image_id`` in; the output columns out."""
+    """The signature: ``image`` and optional ``image_id`` in; the output columns out; params."""
     inputs = Schema(
         [
             ColSpec("string", IMAGE_COLUMN),
@@ -541,9 +539,10 @@ def build_signature() -> ModelSignature:
             ColSpec("double", "ood_score", required=False),
             ColSpec("string", "warning", required=False),
             ColSpec("string", "error", required=False),
+            ColSpec("string", "heatmap", required=False),  # only with the param explain=true
         ]
     )
-    return ModelSignature(inputs=inputs, outputs=outputs)
+    return ModelSignature(inputs=inputs, outputs=outputs, params=PARAMS_SCHEMA)
 
 
 def build_input_example(image_size: int = 64) -> pd.DataFrame:

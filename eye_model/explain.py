@@ -1,0 +1,252 @@
+"""Grad-CAM explanations of predictions: where the network looked for the class it chose.
+
+The pyfunc takes two MLflow predict params (:data:`PARAMS_SCHEMA`): ``explain`` (bool,
+default false) and ``heatmap_size`` (int; 0, the default, is the model's input size). With
+``explain=true`` each scored row gains ``heatmap``: a base64 PNG of the photo as the network
+saw it with the Grad-CAM map of the predicted class over it; a row with an error gets a null
+heatmap. Without it the output has no ``heatmap`` column.
+
+Grad-CAM (Selvaraju et al., 2017): the gradients of the predicted class's logit with respect
+to the feature maps of the network's last convolutional block, averaged over space, weight
+those maps; their positive sum is the map. It runs as one ``tf.function`` per model (built
+on the first explained request, then reused), on a batch of images at once.
+
+Heatmaps go to the caller only: telemetry records the scored rows, which never hold them.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types.schema import ParamSchema, ParamSpec
+
+from eye_model.preprocess import ImageError, decode_image
+
+#: The output column added by ``explain=true``.
+HEATMAP_COLUMN = "heatmap"
+#: The predict params the pyfunc accepts (part of its signature).
+PARAMS_SCHEMA = ParamSchema(
+    [
+        ParamSpec("explain", "boolean", False),
+        ParamSpec("heatmap_size", "integer", 0),
+    ]
+)
+#: Smallest and largest ``heatmap_size`` accepted, in pixels.
+HEATMAP_SIZE_RANGE = (16, 1024)
+#: Weight of the heatmap over the photo where the map is strongest (it fades where it is 0).
+OVERLAY_ALPHA = 0.6
+#: Images explained per network call.
+EXPLAIN_BATCH = 32
+#: zlib level of the heatmap PNGs: 1 is about 2.5 x faster than 3 at 224 px, 7 % larger.
+PNG_COMPRESSION = 1
+
+# A "jet"-like colour scale: dark blue (0) - blue - cyan - yellow - red (1).
+_STOPS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+_COLOURS = np.array(
+    [[0, 0, 128], [0, 64, 255], [0, 224, 255], [255, 224, 0], [220, 0, 0]], dtype=np.float32
+)
+
+
+def explain_options(params: dict[str, Any] | None, image_size: int) -> int | None:
+    """The heatmap side asked for by ``params``, or None when no explanation is asked.
+
+    Raises:
+        MlflowException: INVALID_PARAMETER_VALUE for a ``heatmap_size`` out of range.
+    """
+    params = params or {}
+    explain = params.get("explain", False)
+    if isinstance(explain, str):  # a model served without the params schema passes text
+        explain = explain.strip().lower() in {"true", "1", "yes"}
+    if not explain:
+        return None
+    size = int(params.get("heatmap_size") or 0) or image_size
+    low, high = HEATMAP_SIZE_RANGE
+    if not low <= size <= high:
+        raise MlflowException(
+            f"heatmap_size={size} is out of range; use {low} to {high} pixels "
+            "(or 0 for the model's input size)",
+            error_code=INVALID_PARAMETER_VALUE,
+        )
+    return size
+
+
+def last_conv_layer(network: Any) -> Any:
+    """The network's last layer with a spatial (4-D) output: its last convolutional block.
+
+    For the small CNN it is the last block's activation (before pooling); for a
+    ``keras.applications`` backbone nested as one layer, the backbone itself (its output is
+    the feature map of its last block).
+    """
+    for layer in reversed(network.layers[1:]):
+        shape = getattr(layer, "output", None)
+        if shape is not None and len(shape.shape) == 4:
+            return layer
+    raise ValueError(f"network {network.name} has no convolutional layer to explain")
+
+
+class GradCam:
+    """Grad-CAM of a Keras network, compiled once: uint8 images and classes in.
+
+    :meth:`maps` gives the maps; :meth:`heatmaps` the PNG files of the photos with their
+    maps over them, colourised, blended and encoded by TensorFlow in the same batch.
+    """
+
+    def __init__(self, network: Any, image_size: int) -> None:
+        import keras
+        import tensorflow as tf
+
+        layer = last_conv_layer(network)
+        both = keras.Model(network.inputs, [layer.output, network.output])
+        images_spec = tf.TensorSpec([None, image_size, image_size, 3], tf.uint8)
+        classes_spec = tf.TensorSpec([None], tf.int32)
+        lut = tf.constant(colourise(np.linspace(0.0, 1.0, 256)), tf.float32)
+
+        @tf.function(input_signature=[images_spec, classes_spec])
+        def cams(images: tf.Tensor, classes: tf.Tensor) -> tf.Tensor:
+            with tf.GradientTape() as tape:
+                features, logits = both(tf.cast(images, tf.float32), training=False)
+                tape.watch(features)
+                score = tf.gather(logits, classes, batch_dims=1)
+            grads = tape.gradient(score, features)
+            weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+            cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))
+            peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
+            return tf.math.divide_no_nan(cam, peak)[..., None]  # (n, h, w, 1) at feature size
+
+        @tf.function(input_signature=[images_spec, classes_spec, tf.TensorSpec([], tf.int32)])
+        def pngs(images: tf.Tensor, classes: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+            side = tf.stack([size, size])
+            photo = tf.image.resize(tf.cast(images, tf.float32), side)
+            cam = tf.clip_by_value(tf.image.resize(cams(images, classes), side), 0.0, 1.0)
+            colour = tf.gather(lut, tf.cast(tf.round(cam[..., 0] * 255.0), tf.int32))
+            alpha = OVERLAY_ALPHA * cam
+            blended = tf.clip_by_value(tf.round(photo * (1.0 - alpha) + colour * alpha), 0, 255)
+            return tf.map_fn(
+                lambda image: tf.io.encode_png(image, compression=PNG_COMPRESSION),
+                tf.cast(blended, tf.uint8),
+                fn_output_signature=tf.string,
+            )
+
+        self._cams = cams
+        self._pngs = pngs
+        self._tf = tf
+        self.image_size = image_size
+
+    def _batches(self, pixels: np.ndarray, classes: Sequence[int]) -> Iterator[tuple[Any, Any]]:
+        tf = self._tf
+        for start in range(0, len(pixels), EXPLAIN_BATCH):
+            chunk = np.ascontiguousarray(pixels[start : start + EXPLAIN_BATCH])
+            wanted = np.asarray(classes[start : start + EXPLAIN_BATCH], np.int32)
+            yield tf.constant(chunk), tf.constant(wanted)
+
+    def maps(self, pixels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
+        """Grad-CAM maps (n, image_size, image_size), 0-1 (1 at each map's peak).
+
+        Args:
+            pixels: uint8 images (n, image_size, image_size, 3), as the network takes them.
+            classes: the class index to explain for each image.
+        """
+        side = [self.image_size, self.image_size]
+        out = [
+            self._tf.image.resize(self._cams(images, wanted), side).numpy()[..., 0]
+            for images, wanted in self._batches(pixels, classes)
+        ]
+        if not out:
+            return np.zeros((0, *side), np.float32)
+        return np.clip(np.concatenate(out), 0.0, 1.0)
+
+    def heatmaps(self, pixels: np.ndarray, classes: Sequence[int], size: int) -> list[bytes]:
+        """PNG files, ``size`` pixels square, of each photo with its map over it."""
+        out: list[bytes] = []
+        for images, wanted in self._batches(pixels, classes):
+            out.extend(self._pngs(images, wanted, self._tf.constant(size, self._tf.int32)).numpy())
+        return out
+
+
+_GRADCAMS: weakref.WeakKeyDictionary[Any, GradCam] = weakref.WeakKeyDictionary()
+_GRADCAMS_LOCK = threading.Lock()
+
+
+def gradcam_of(runner: Any) -> GradCam:
+    """The :class:`GradCam` of a model's network runner, built on first use."""
+    with _GRADCAMS_LOCK:
+        cam = _GRADCAMS.get(runner)
+        if cam is None:
+            cam = GradCam(runner.network, runner.image_size)
+            _GRADCAMS[runner] = cam
+        return cam
+
+
+def colourise(cam: np.ndarray) -> np.ndarray:
+    """A 0-1 map as RGB uint8 on the jet-like colour scale."""
+    flat = np.clip(cam, 0.0, 1.0).ravel()
+    rgb = np.stack([np.interp(flat, _STOPS, _COLOURS[:, c]) for c in range(3)], axis=-1)
+    return rgb.reshape(*cam.shape, 3).astype(np.uint8)
+
+
+def _pixels(model: Any, row: Any, value: object) -> np.ndarray:
+    """The pixels the network saw for ``row``: kept ones, else the image decoded again."""
+    if row.image is not None and row.image.pixels is not None:
+        return np.asarray(row.image.pixels)
+    image = decode_image(
+        value, model.config.image_size, max_pixels=model.max_pixels, max_bytes=model.max_bytes
+    )
+    return image.require_pixels()
+
+
+def heatmaps(model: Any, rows: Sequence[Any], values: Sequence[object], size: int) -> list[Any]:
+    """The ``heatmap`` of each row (base64 PNG), None for a row that was not scored."""
+    scored = [i for i, row in enumerate(rows) if row.output_error is None]
+    result: list[str | None] = [None] * len(rows)
+    pixels: list[np.ndarray] = []
+    kept: list[int] = []
+    for i in scored:
+        try:
+            pixels.append(_pixels(model, rows[i], values[i]))
+            kept.append(i)
+        except (ImageError, ValueError):
+            continue  # decoded once already; a second failure leaves this heatmap null
+    if not kept:
+        return result
+    classes = [int(np.argmax(rows[i].probabilities)) for i in kept]
+    files = gradcam_of(model.runner).heatmaps(np.stack(pixels), classes, size)
+    for i, png in zip(kept, files, strict=True):
+        result[i] = base64.b64encode(png).decode("ascii")
+    return result
+
+
+def add_heatmaps(
+    model: Any,
+    frame: pd.DataFrame,
+    rows: Sequence[Any],
+    output: pd.DataFrame | list[dict[str, Any]],
+    params: dict[str, Any] | None,
+) -> pd.DataFrame | list[dict[str, Any]]:
+    """Add the ``heatmap`` column to the output when ``params`` ask for explanations.
+
+    Args:
+        model: the loaded :class:`~eye_model.pyfunc.EyeDiseaseClassifier`.
+        frame: the request's input (its ``image`` column).
+        rows: the scored rows, in input order.
+        output: the output DataFrame, or the records the scoring server writes.
+        params: the predict params (``explain``, ``heatmap_size``).
+    """
+    size = explain_options(params, model.config.image_size)
+    if size is None:
+        return output
+    values = frame["image"].tolist()
+    maps = heatmaps(model, rows, values, size)
+    if isinstance(output, pd.DataFrame):
+        output[HEATMAP_COLUMN] = pd.Series(maps, dtype=object, index=output.index)
+        return output
+    for record, heatmap in zip(output, maps, strict=True):
+        record[HEATMAP_COLUMN] = heatmap
+    return output
