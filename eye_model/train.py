@@ -56,9 +56,16 @@ class TrainConfig:
         weights: ``none``, ``imagenet`` or a weights file.
         epochs: most epochs to train (early stopping may end sooner).
         batch_size: images per training step.
-        learning_rate: Adam's learning rate.
+        learning_rate: Adam's peak learning rate (after the warm-up): the whole small
+            CNN's, or the new head's on a frozen pretrained backbone.
         seed: seed of data generation, split, initialisation and augmentation.
         register_as: register the model under this name; empty → do not register.
+        epochs_frozen: pretrained backbones: epochs training only the new head.
+        fine_tune_layers: pretrained backbones: how many of the backbone's last layers
+            are then fine-tuned (BatchNorm excepted); 0 → the backbone stays frozen.
+        fine_tune_learning_rate: pretrained backbones: peak learning rate of fine-tuning.
+        augment: augment training images on the fly (flips, small rotations, field
+            crops, exposure, contrast and colour jitter).
     """
 
     data_dir: str = ""
@@ -71,6 +78,10 @@ class TrainConfig:
     learning_rate: float = 2e-3
     seed: int = 42
     register_as: str = ""
+    epochs_frozen: int = 5
+    fine_tune_layers: int = 30
+    fine_tune_learning_rate: float = 1e-5
+    augment: bool = True
 
 
 @dataclass
@@ -198,9 +209,9 @@ def run_training(config: TrainConfig) -> TrainResult:
     Returns:
         The run id, the logged model's URI, the test metrics and the registered version.
     """
-    import keras
-
-    from eye_model.network import build_network, recalibrate_batchnorm
+    from eye_model.augment import augment_dataset
+    from eye_model.network import recalibrate_batchnorm
+    from eye_model.recipe import build_and_compile, fit_phases, seed_training
 
     settings = load_settings()
     mlflow.set_tracking_uri(settings.tracking_uri)
@@ -236,39 +247,31 @@ def run_training(config: TrainConfig) -> TrainResult:
         )
         mlflow.log_dict(dataset.description, "data_description.json")
 
-        keras.utils.set_random_seed(config.seed)
-        network = build_network(config.backbone, config.image_size, config.weights)
-        network.compile(
-            optimizer=keras.optimizers.Adam(config.learning_rate),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-        )
-        train_ds = make_tf_dataset(
-            dataset.train, batch_size=config.batch_size, training=True, seed=config.seed
+        seed_training(config.seed)
+        train_ds = augment_dataset(
+            make_tf_dataset(
+                dataset.train, batch_size=config.batch_size, training=True, seed=config.seed
+            ),
+            seed=config.seed,
+            enabled=config.augment,
         )
         val_ds = make_tf_dataset(dataset.validation, batch_size=64, training=False)
-        callbacks = [
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=4, restore_best_weights=True
-            ),
-            keras.callbacks.ReduceLROnPlateau(
-                monitor="val_loss", factor=0.5, patience=2, min_lr=1e-5
-            ),
-            *build_callbacks(dataset.train.pixels[:256]),
-        ]
+        steps_per_epoch = -(-len(dataset.train) // config.batch_size)
+        network = build_and_compile(config, steps_per_epoch)
         start = time.perf_counter()
-        history = network.fit(
+        history = fit_phases(
+            network,
             train_ds,
-            validation_data=val_ds,
-            epochs=config.epochs,
+            val_ds,
+            config,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=build_callbacks(dataset.train.pixels[:256]),
             class_weight=class_weights(dataset.train.labels),
-            callbacks=callbacks,
-            verbose=2,
         )
         train_seconds = time.perf_counter() - start
         # The best weights are restored; give them statistics of the whole training split.
         recalibrate_batchnorm(network, dataset.train.pixels)
-        epochs_run = len(history.history["loss"])
+        epochs_run = len(history["loss"])
         mlflow.log_metrics(
             {
                 "train_seconds": train_seconds,
@@ -276,7 +279,7 @@ def run_training(config: TrainConfig) -> TrainResult:
                 "train_images_per_second": len(dataset.train) * epochs_run / train_seconds,
             }
         )
-        _log_figure(plot_training_curves(history.history), "plots/training_curves.png")
+        _log_figure(plot_training_curves(history), "plots/training_curves.png")
 
         # Calibration on the validation split, judged on the test split.
         val_logits, val_embedding = _logits_and_embeddings(network, dataset.validation.pixels)

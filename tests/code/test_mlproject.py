@@ -88,6 +88,7 @@ def test_entry_points_of_the_contract_exist() -> None:
     }
     assert expected <= set(ENTRY_POINTS)
     train = set(ENTRY_POINTS["train"]["parameters"])
+    # The contract's parameters, plus the transfer-learning recipe's (added, never removed).
     assert train == {
         "data_dir",
         "synthetic_per_class",
@@ -99,6 +100,10 @@ def test_entry_points_of_the_contract_exist() -> None:
         "learning_rate",
         "seed",
         "register_as",
+        "epochs_frozen",
+        "fine_tune_layers",
+        "fine_tune_learning_rate",
+        "augment",
     }
     assert ENTRY_POINTS["main"] == ENTRY_POINTS["train"]
     assert set(ENTRY_POINTS["batch_score"]["parameters"]) >= {
