@@ -58,16 +58,17 @@ def train_once(home: Path, data_dir: Path, seed: int, args: argparse.Namespace) 
         "--epochs", str(args.epochs), "--seed", str(seed),
         "--synthetic-per-class", str(args.synthetic_per_class),
     ]  # fmt: skip
-    log = home / f"train-seed{seed}-{time.monotonic_ns()}.log"
+    # Output goes to files, not pipes: a training must survive this script being stopped,
+    # and its per-epoch lines are there to watch (tail -f).
+    stem = home / f"train-seed{seed}-{time.monotonic_ns()}"
+    out_path, err_path = stem.with_suffix(".out"), stem.with_suffix(".log")
     start = time.perf_counter()
-    with log.open("w") as err:
-        done = subprocess.run(
-            command, env=_env(home), stdout=subprocess.PIPE, stderr=err, text=True, check=True
-        )
+    with out_path.open("w") as out, err_path.open("w") as err:
+        subprocess.run(command, env=_env(home), stdout=out, stderr=err, check=True)
     seconds = time.perf_counter() - start
     from mlflow import MlflowClient
 
-    run_id = json.loads(done.stdout.strip().splitlines()[-1])["run_id"]
+    run_id = json.loads(out_path.read_text().strip().splitlines()[-1])["run_id"]
     client = MlflowClient(tracking_uri=_env(home)["MLFLOW_TRACKING_URI"])
     metrics = client.get_run(run_id).data.metrics
     return {
