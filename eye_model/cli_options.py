@@ -31,7 +31,12 @@ def training_options(function: Callable[..., Any]) -> Callable[..., Any]:
             "--epochs", type=int, default=15, help="Most epochs (early stopping may end sooner)."
         ),
         click.option("--batch-size", type=int, default=32, help="Images per training step."),
-        click.option("--learning-rate", type=float, default=2e-3, help="Adam learning rate."),
+        click.option(
+            "--learning-rate",
+            type=float,
+            default=2e-3,
+            help="Peak Adam learning rate (warm-up, then cosine decay).",
+        ),
         click.option(
             "--seed", type=int, default=42, help="Seed of data, split and initialisation."
         ),
@@ -47,6 +52,30 @@ def training_options(function: Callable[..., Any]) -> Callable[..., Any]:
             default="",
             help="Continue this interrupted training run (same run, its own parameters) "
             "from its last checkpoint; empty: a new run.",
+        ),
+        click.option(
+            "--epochs-frozen",
+            type=int,
+            default=5,
+            help="Pretrained backbone: epochs training only the new head, backbone frozen.",
+        ),
+        click.option(
+            "--fine-tune-layers",
+            type=int,
+            default=30,
+            help="Pretrained backbone: last layers fine-tuned (BatchNorm stays frozen); 0: none.",
+        ),
+        click.option(
+            "--fine-tune-learning-rate",
+            type=float,
+            default=1e-5,
+            help="Pretrained backbone: peak learning rate of fine-tuning.",
+        ),
+        click.option(
+            "--augment",
+            type=BOOL,
+            default="true",
+            help="Augment training images on the fly (flips, rotations, crops, colour).",
         ),
     ]
     for option in reversed(options):

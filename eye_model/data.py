@@ -428,21 +428,6 @@ def class_weights(labels: np.ndarray) -> dict[int, float]:
     return {i: float(total / (k * c)) if c else 0.0 for i, c in enumerate(counts)}
 
 
-def build_augmenter(seed: int) -> Any:
-    """Random flip (the other eye), small rotation, brightness and contrast, on 0-255 floats."""
-    import keras
-
-    return keras.Sequential(
-        [
-            keras.layers.RandomFlip("horizontal", seed=seed),
-            keras.layers.RandomRotation(0.03, fill_mode="constant", seed=seed + 1),
-            keras.layers.RandomBrightness(0.1, value_range=(0.0, 255.0), seed=seed + 2),
-            keras.layers.RandomContrast(0.1, seed=seed + 3),
-        ],
-        name="augment",
-    )
-
-
 def make_tf_dataset(
     images: ImageSet,
     *,
@@ -450,17 +435,18 @@ def make_tf_dataset(
     training: bool,
     seed: int = 0,
 ) -> Any:
-    """A tf.data pipeline that reads the files: shuffle, decode in parallel, batch, augment.
+    """A tf.data pipeline that reads the files: shuffle, decode in parallel, batch, prefetch.
 
     Files are decoded by :func:`read_image_file` (the serving decoder) on every pass, in
     parallel and in order; one that fails is dropped from the stream and counted in
     :data:`DECODE_FAILURES`. Memory holds the prefetched batches, not the split.
+    Augmentation is applied on top by ``augment.augment_dataset`` (the recipe owns it).
 
     Args:
         images: the split.
         batch_size: images per batch.
-        training: shuffle and augment (training split) or not (evaluation).
-        seed: shuffle and augmentation seed.
+        training: shuffle (training split) or not (evaluation).
+        seed: shuffle seed.
 
     Returns:
         A ``tf.data.Dataset`` of (float32 images 0-255, int labels).
@@ -498,10 +484,4 @@ def batch_and_augment(dataset: Any, *, batch_size: int, training: bool, seed: in
     dataset = dataset.map(
         lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE
     )
-    if training:
-        augmenter = build_augmenter(seed)
-        dataset = dataset.map(
-            lambda x, y: (tf.clip_by_value(augmenter(x, training=True), 0.0, 255.0), y),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
     return dataset.prefetch(tf.data.AUTOTUNE)

@@ -54,7 +54,7 @@ from eye_model.inference import ModelConfig, NetworkRunner
 from eye_model.ood import OOD_THRESHOLD, fit_ood_statistics
 from eye_model.pyfunc import log_model
 from eye_model.runs import log_new_params
-from eye_model.settings import load_settings
+from eye_model.settings import load_settings, parse_bool
 
 logger = logging.getLogger(__name__)
 
@@ -79,12 +79,19 @@ class TrainConfig:
         weights: ``none``, ``imagenet`` or a weights file.
         epochs: most epochs to train (early stopping may end sooner).
         batch_size: images per training step.
-        learning_rate: Adam's learning rate.
+        learning_rate: Adam's peak learning rate (after the warm-up): the whole small
+            CNN's, or the new head's on a frozen pretrained backbone.
         seed: seed of data generation, split, initialisation and augmentation.
         register_as: register the model under this name; empty → do not register.
         folds: k-fold cross-validation as nested runs before the final fit; 0 → off.
         resume: id of an interrupted training run to continue (its own parameters are
             used); empty → a new run.
+        epochs_frozen: pretrained backbones: epochs training only the new head.
+        fine_tune_layers: pretrained backbones: how many of the backbone's last layers
+            are then fine-tuned (BatchNorm excepted); 0 → the backbone stays frozen.
+        fine_tune_learning_rate: pretrained backbones: peak learning rate of fine-tuning.
+        augment: augment training images on the fly (flips, small rotations, field
+            crops, exposure, contrast and colour jitter).
     """
 
     data_dir: str = ""
@@ -99,6 +106,10 @@ class TrainConfig:
     register_as: str = ""
     folds: int = 0
     resume: str = ""
+    epochs_frozen: int = 5
+    fine_tune_layers: int = 30
+    fine_tune_learning_rate: float = 1e-5
+    augment: bool = True
 
 
 def config_of_run(run_id: str, params: dict[str, str]) -> TrainConfig:
@@ -111,7 +122,12 @@ def config_of_run(run_id: str, params: dict[str, str]) -> TrainConfig:
         text = params.get(name, "")
         if text not in ("", "''"):  # `mlflow run` logs an empty parameter as ''
             # ... and MLproject floats as given: "15" or "15.0".
-            values[name] = int(float(text)) if isinstance(default, int) else type(default)(text)
+            if isinstance(default, bool):
+                values[name] = parse_bool(text, name=name)
+            elif isinstance(default, int):
+                values[name] = int(float(text))
+            else:
+                values[name] = type(default)(text)
     return replace(TrainConfig(**values), resume=run_id)
 
 
@@ -186,52 +202,47 @@ def fit_network(
     Returns:
         The network with the best weights and BatchNorm statistics of all of ``train``.
     """
-    import keras
-
-    from eye_model.network import SmoothedSparseCrossentropy, build_network, recalibrate_batchnorm
+    from eye_model.augment import augment_dataset
+    from eye_model.network import build_network, recalibrate_batchnorm
+    from eye_model.recipe import build_and_compile, fit_phases, seed_training
 
     placement = placement or training_placement()
 
     def build() -> Any:
         return build_network(config.backbone, config.image_size, config.weights)
 
-    keras.utils.set_random_seed(config.seed)
+    seed_training(config.seed)
+    steps_per_epoch = max(1, -(-len(train) // config.batch_size))
     with placement.scope():
-        network = build()
-        network.compile(
-            optimizer=keras.optimizers.Adam(config.learning_rate),
-            loss=SmoothedSparseCrossentropy(),
-            metrics=["accuracy"],
-        )
+        network = build_and_compile(config, steps_per_epoch)
     placement.prepare(network)
-    train_ds = make_tf_dataset(train, batch_size=config.batch_size, training=True, seed=config.seed)
+    train_ds = augment_dataset(
+        make_tf_dataset(train, batch_size=config.batch_size, training=True, seed=config.seed),
+        seed=config.seed,
+        enabled=config.augment,
+    )
     val_ds = make_tf_dataset(validation, batch_size=64, training=False)
-    stateful = [
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=4, restore_best_weights=True),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2, min_lr=1e-5),
-    ]
     calibration = decode_all(train.sample(VALIDATION_BATCHNORM_SAMPLE, config.seed))
-    all_callbacks = [
-        *stateful,
-        *build_callbacks(calibration, log_epochs=log_epochs),
-        *callbacks,
-    ]
-    if checkpoints is not None:  # after the callbacks whose state it restores
-        all_callbacks.append(build_checkpoint_callback(checkpoints, stateful))
     start = time.perf_counter()
-    history = network.fit(
+    history = fit_phases(
+        network,
         train_ds,
-        validation_data=val_ds,
-        epochs=config.epochs,
+        val_ds,
+        config,
+        steps_per_epoch=steps_per_epoch,
+        callbacks=[*build_callbacks(calibration, log_epochs=log_epochs), *callbacks],
         class_weight=class_weights(train.labels),
-        callbacks=all_callbacks,
-        verbose=2,
+        checkpoint=(
+            None
+            if checkpoints is None
+            else lambda stateful: build_checkpoint_callback(checkpoints, stateful)
+        ),
     )
     seconds = time.perf_counter() - start
     network = placement.single_device(network, build)
     # The best weights are restored; give them statistics of the training split.
     recalibrate_batchnorm(network, decode_all(train.sample(BATCHNORM_SAMPLE, config.seed + 1)))
-    return FitResult(network, dict(history.history), seconds)
+    return FitResult(network, history, seconds)
 
 
 def _logits_and_embeddings(

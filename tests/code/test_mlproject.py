@@ -101,6 +101,10 @@ def test_entry_points_of_the_contract_exist() -> None:
         "seed",
         "register_as",
         "folds",
+        "epochs_frozen",
+        "fine_tune_layers",
+        "fine_tune_learning_rate",
+        "augment",
     }
     assert ENTRY_POINTS["main"] == ENTRY_POINTS["train"]
     assert set(ENTRY_POINTS["batch_score"]["parameters"]) >= {
