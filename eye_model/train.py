@@ -355,18 +355,18 @@ def run_training(config: TrainConfig) -> TrainResult:
             TensorFlow loads).
     """
     settings = load_settings()
-    # First: a cluster's strategy must exist before other TensorFlow work.
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    resume = config.resume.strip()
+    if resume:  # the run's own parameters, so it continues as it started (before TF loads)
+        config = config_of_run(resume, resumable_params(MlflowClient(), resume))
+    # Then: a cluster's strategy must exist before other TensorFlow work.
     placement = training_placement(settings.tf_config)
     if config.folds and placement.kind == "multi_worker":
         raise ValueError("folds: cross-validation runs on one machine; unset TF_CONFIG for it")
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    resume = config.resume.strip()
-    if resume:  # the run's own parameters, so it continues as it started
-        config = config_of_run(resume, resumable_params(MlflowClient(), resume))
-        if settings.mlflow_run_id and settings.mlflow_run_id != resume:
-            # `mlflow run -P resume=...` opened a run of its own: point it at the real one.
-            MlflowClient().set_tag(settings.mlflow_run_id, "resumed_run_id", resume)
-    elif not settings.mlflow_run_id:
+    if resume and settings.mlflow_run_id and settings.mlflow_run_id != resume:
+        # `mlflow run -P resume=...` opened a run of its own: point it at the real one.
+        MlflowClient().set_tag(settings.mlflow_run_id, "resumed_run_id", resume)
+    elif not resume and not settings.mlflow_run_id:
         mlflow.set_experiment(settings.experiment_name)
     data_dir = config.data_dir.strip()
     synthetic = not data_dir
