@@ -16,9 +16,11 @@ cataracts are the bound for colour and detail:
   out of it that spans a quarter of the picture, is filled in its middle and leaves at
   least two corners of its bounding box dark (a round field does; a rectangle does not).
 - ``not_colour_fundus``: under 60 % of the field's middle is red-dominant (red at least
-  1.2 x green and blue): greyscale, red-free, or a picture of something else.
+  1.08 x green and 1.25 x blue, as warm as a dense cataract's haze): greyscale, red-free, or
+  a picture of something else.
 - ``too_blurred``: the field shows (almost) no detail: its mean grid Laplacian is under
-  1 % of its green level, half that of the haziest generated cataract (2 %).
+  0.5 % of its green level, a quarter of that of the haziest generated cataract (1.9 %):
+  a dense cataract is hazy and must still be graded.
 """
 
 from __future__ import annotations
@@ -66,12 +68,15 @@ MIN_FIELD_FILL = 0.75
 MAX_CORNER_BRIGHT = 0.3
 #: Corner zone of the bounding box: beyond this share of its half-width and half-height.
 CORNER_ZONE = 0.8
-#: A grid point is red-dominant when red is at least this multiple of green and of blue.
-RED_DOMINANCE = 1.2
+#: A grid point is red-dominant (warm) when red is at least this multiple of green ...
+RED_OVER_GREEN = 1.08
+#: ... and this multiple of blue: a dense cataract's yellow-white haze (red about 1.15 x
+#: green, 1.5 x blue) still counts; grey (about 1 x) and red-free (green-dominant) do not.
+RED_OVER_BLUE = 1.25
 #: Share of the field's middle that must be red-dominant.
 MIN_RED_SHARE = 0.6
 #: Mean |grid Laplacian| of green over the field's mean green, in %, below which it is flat.
-MIN_DETAIL_PERCENT = 1.0
+MIN_DETAIL_PERCENT = 0.5
 
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
@@ -160,7 +165,7 @@ def measure_fundus(images: np.ndarray) -> FundusMeasures:
     middle_field = middle & field
     counted = np.maximum(np.count_nonzero(middle_field, axis=(1, 2)), 1)
 
-    reddish = (red >= RED_DOMINANCE * green) & (red >= RED_DOMINANCE * blue)
+    reddish = (red >= RED_OVER_GREEN * green) & (red >= RED_OVER_BLUE * blue)
     laplacian = np.abs(
         4 * green[:, 1:-1, 1:-1]
         - green[:, :-2, 1:-1]
