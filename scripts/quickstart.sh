@@ -65,7 +65,7 @@ CHALLENGER_JSON=$(eye-model train --synthetic-per-class "$PER_CLASS" --epochs 2 
 CHALLENGER=$(python -c 'import json,sys; print(json.loads(sys.argv[1])["registered_version"])' \
     "$CHALLENGER_JSON")
 eye-model promote --model-name "$MODEL_NAME" --version "$CHALLENGER" --stage Staging >/dev/null
-SHADOW_PORT=$((SERVING_PORT + 1))
+SHADOW_PORT=$((SERVING_PORT + 2))  # + 1 is the stack's metrics port
 ENABLE_MODEL_REGISTRY=true MLFLOW_MODEL_NAME="$MODEL_NAME" eye-model serve --alias champion \
     --shadow challenger --port "$SHADOW_PORT" >"$EYE_MODEL_HOME/shadow-serve.log" 2>&1 &
 SHADOW_PID=$!
