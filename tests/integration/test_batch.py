@@ -342,6 +342,9 @@ class BatchRecorder(mlflow.pyfunc.PythonModel):
         frame = pd.DataFrame({{"predicted_class": ["normal"] * n, "confidence": [1.0] * n}})
         for column in PROBS:
             frame[column] = 1.0 if column == "prob_normal" else 0.0
+        frame["fundus_check"] = ["pass"] * n
+        frame["ood_score"] = [0.0] * n
+        frame["warning"] = [None] * n
         frame["error"] = [None] * n
         return frame
 
