@@ -130,5 +130,6 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
         patch.undo()
         os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
         mlflow.set_tracking_uri(saved_uri)
-    data_dir = next((home / "cache").iterdir())
+    # The cache also holds training checkpoints; the data is the synthetic set.
+    data_dir = next(p for p in (home / "cache").iterdir() if p.name.startswith("synthetic"))
     return TrainedModel(result.run_id, uri, model_dir, result.metrics, data_dir)

@@ -11,6 +11,7 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow import MlflowClient
+from PIL import Image
 
 from eye_model.tune import TuneConfig, suggest_params
 from tests.helpers import TrackingServer
@@ -96,11 +97,10 @@ def test_a_tiny_study_logs_nested_trials_and_the_best_on_the_parent(tmp_path: Pa
 
 
 @pytest.mark.slow
-def test_a_trial_below_the_median_stops_early(tracking_store: str) -> None:
+def test_a_trial_below_the_median_stops_early(tracking_store: str, tmp_path: Path) -> None:
     """Two earlier trials scored above any reachable figure: the third is pruned at epoch 2."""
     import mlflow
     import numpy as np
-    import pandas as pd
 
     from eye_model.data import ImageSet
     from eye_model.train import TrainConfig, fit_network
@@ -115,11 +115,18 @@ def test_a_trial_below_the_median_stops_early(tracking_store: str) -> None:
         )
     rng = np.random.default_rng(0)
 
-    def images(n: int) -> ImageSet:
-        pixels = rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8)
-        return ImageSet(pixels, np.arange(n) % 4, pd.DataFrame(index=range(n)), [])
+    def images(n: int, name: str) -> ImageSet:
+        """n noise pictures written as PNG files (training streams them from disk)."""
+        folder = tmp_path / name
+        folder.mkdir()
+        sources = []
+        for i in range(n):
+            path = folder / f"{i}.png"
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
+            sources.append(str(path))
+        return ImageSet(sources, np.arange(n) % 4, 32)
 
-    train, validation = images(32), images(16)
+    train, validation = images(32, "train"), images(16, "validation")
     reporter = pruning_reporter(study.ask(), validation)
     config = TrainConfig(image_size=32, epochs=4, batch_size=16, seed=1)
     with mlflow.start_run() as run:
