@@ -272,7 +272,15 @@ def test_the_served_ood_score_reaches_the_answer_the_log_and_the_session_metrics
         server.stop()
     scores = [answer["ood_score"] for answer in answers]
     assert all(score >= 1.0 for score in scores[:10]), scores
-    assert sum(score >= 1.0 for score in scores[10:]) <= 1, scores
+    # ood_score 1.0 is the 99th percentile of the validation split, which for this small
+    # model is ~54 images (15% of 360): that percentile is close to the split's largest
+    # score and estimated from one or two images, so a fresh in-distribution image is
+    # beyond it a few percent of the time or more (generator v3 has wide domain
+    # randomisation). "Mostly < 1" is the claim: at most a quarter of the 12 generated
+    # images, and all of them far below the noise.
+    assert sum(score >= 1.0 for score in scores[10:]) <= 3, scores
+    assert float(np.median(scores[10:])) < 1.0, scores
+    assert max(scores[10:]) < min(scores[:10]), scores
     for answer, score in zip(answers, scores, strict=True):
         assert (OOD_WARNING in (answer["warning"] or "")) == (score >= 1.0)
     records = sorted(got["records"], key=lambda record: record["row"])
