@@ -473,11 +473,11 @@ def make_tf_dataset(
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.filter(lambda x, y, ok: ok).map(lambda x, y, ok: (x, y))
-    return batch_and_augment(dataset, batch_size=batch_size, training=training, seed=seed)
+    return batch_images(dataset, batch_size=batch_size)
 
 
-def batch_and_augment(dataset: Any, *, batch_size: int, training: bool, seed: int = 0) -> Any:
-    """Batch (uint8 images, labels), cast to float32 0-255, augment when training, prefetch."""
+def batch_images(dataset: Any, *, batch_size: int) -> Any:
+    """Batch (uint8 images, labels), cast to float32 0-255, prefetch (the recipe augments)."""
     import tensorflow as tf
 
     dataset = dataset.batch(batch_size)

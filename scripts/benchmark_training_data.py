@@ -111,7 +111,7 @@ def fit_speed(data_dir: Path, image_size: int, mode: str, batch_size: int) -> fl
     import tensorflow as tf
 
     from eye_model.data import (
-        batch_and_augment,
+        batch_images,
         class_weights,
         decode_all,
         load_dataset,
@@ -126,7 +126,7 @@ def fit_speed(data_dir: Path, image_size: int, mode: str, batch_size: int) -> fl
         pixels = decode_all(train)
         slices = tf.data.Dataset.from_tensor_slices((pixels, train.labels))
         slices = slices.shuffle(len(train), seed=42, reshuffle_each_iteration=True)
-        dataset = batch_and_augment(slices, batch_size=batch_size, training=True, seed=42)
+        dataset = batch_images(slices, batch_size=batch_size)
     keras.utils.set_random_seed(42)
     network = build_network("small_cnn", image_size, "none")
     network.compile(
