@@ -295,10 +295,18 @@ def test_two_workers_give_two_runs_whose_counts_add_up(
     tiny_model_path: Path, tracking: TrackingServer, tmp_path: Path
 ) -> None:
     client = MlflowClient(tracking.url)
+    from concurrent.futures import ThreadPoolExecutor
+
     server = ModelServer(tiny_model_path, tmp_path, _env(tracking.url, tmp_path), workers=2)
+    sent = 0
     try:
-        for _ in range(40):
-            server.predict(1)
+        # Which worker accepts a connection is the kernel's choice: sequential requests can all
+        # land on one idle worker. Concurrent rounds reach both; keep sending until they have.
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for _ in range(10):
+                sent += sum(len(rows) for rows in pool.map(lambda _: server.predict(1), range(8)))
+                if _wait_for(lambda: len(_serving_runs(client)) == 2, 5):
+                    break
         assert _wait_for(lambda: len(_serving_runs(client)) == 2, 30)
     finally:
         server.stop()
@@ -308,7 +316,8 @@ def test_two_workers_give_two_runs_whose_counts_add_up(
     totals = [
         client.get_run(r.info.run_id).data.metrics.get("session_total_predictions", 0) for r in runs
     ]
-    assert sum(totals) == 40
+    assert all(total > 0 for total in totals)
+    assert sum(totals) == sent
 
 
 # -- crash safety (issue 15): a killed worker, a SIGTERM during an outage ---------------------
