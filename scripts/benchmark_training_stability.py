@@ -83,12 +83,13 @@ def train_once(home: Path, data_dir: Path, seed: int, args: argparse.Namespace) 
 def stability(args: argparse.Namespace) -> int:
     data_dir = default_data_dir(args.synthetic_per_class, args.image_size)
     with tempfile.TemporaryDirectory(prefix="eye-model-stability-") as tmp:
-        home = Path(tmp)
+        home = Path(args.home or tmp)
+        home.mkdir(parents=True, exist_ok=True)
         # Parallel runs share the store: create it and the experiment before they start.
         from mlflow import MlflowClient
 
         MlflowClient(tracking_uri=_env(home)["MLFLOW_TRACKING_URI"]).create_experiment(
-            "training-stability"
+            "training-stability", artifact_location=(home / "artifacts").as_uri()
         )
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             futures = [pool.submit(train_once, home, data_dir, seed, args) for seed in args.seeds]
@@ -166,6 +167,9 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=1, help="training processes at a time")
     parser.add_argument("--repeat", action="store_true", help="run the first seed twice")
     parser.add_argument("--determinism-cost", action="store_true")
+    parser.add_argument(
+        "--home", help="keep the tracking store and the trained models here (default: deleted)"
+    )
     parser.add_argument("--rounds", type=int, default=2, help="--determinism-cost rounds")
     args = parser.parse_args()
     return determinism_cost(args) if args.determinism_cost else stability(args)

@@ -1,4 +1,4 @@
-"""Draw docs/explanation.png: generated photographs beside their Grad-CAM explanations.
+"""Draw docs/explanation.png: generated photographs beside their LayerCAM explanations.
 
 Scores one generated photograph of each disease class with ``{"explain": true}`` through the
 pyfunc, and lays out each photo beside its ``heatmap``, captioned with the prediction.

@@ -247,3 +247,28 @@ class FundusParams:
         qy = sin * bx + cos * by
         cx, cy = self.field_centre_px
         return np.stack([cx + self.field_radius_px * qx, cy + self.field_radius_px * qy], axis=1)
+
+    def sign_mask(self) -> np.ndarray:
+        """Where the sign of this photograph's class lies, as a boolean (size, size) mask.
+
+        glaucoma: the optic disc and its rim (twice the disc radius); diabetic_retinopathy:
+        each lesion, widened by a twelfth of the picture's side; cataract: a whole-view blur
+        and haze, so the photographed field; normal: the field. Explanations are checked
+        against it (``tests/model/test_explain_signs.py``, ``scripts/explain_signs_report.py``).
+        """
+        size = self.image_size
+        ys, xs = np.mgrid[0:size, 0:size] + 0.5
+        mask = np.zeros((size, size), bool)
+        if self.label == "glaucoma":
+            cx, cy = self.disc_centre_px
+            mask |= (xs - cx) ** 2 + (ys - cy) ** 2 <= (2 * self.disc_radius_px) ** 2
+        elif self.label == "diabetic_retinopathy":
+            margin = size / 12
+            for lesion in self.lesions:
+                ((cx, cy),) = self.to_pixels(np.array([lesion.centre]))
+                radius = lesion.radius * self.field_radius_px + margin
+                mask |= (xs - cx) ** 2 + (ys - cy) ** 2 <= radius**2
+        else:
+            cx, cy = self.field_centre_px
+            mask |= (xs - cx) ** 2 + (ys - cy) ** 2 <= self.field_radius_px**2
+        return mask

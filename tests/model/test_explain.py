@@ -16,7 +16,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from eye_model.explain import OVERLAY_ALPHA, GradCam, colourise, last_conv_layer
+from eye_model.explain import OVERLAY_ALPHA, LayerCam, colourise, explain_layer, last_conv_layer
 from eye_model.preprocess import decode_image
 from eye_model.pyfunc import OUTPUT_COLUMNS
 from tests.conftest import TINY_IMAGE_SIZE
@@ -84,15 +84,16 @@ def test_served_records_carry_the_heatmap_of_the_frame(model: mlflow.pyfunc.PyFu
     assert "heatmap" not in served.predict(None, frame, params=None)[0]
 
 
-def test_gradcam_equals_an_eager_grad_cam_of_the_last_conv_block(tiny_network) -> None:
+def test_layercam_equals_an_eager_layercam_of_the_explained_layer(tiny_network) -> None:
     import keras
     import tensorflow as tf
 
-    layer = last_conv_layer(tiny_network)
-    assert layer.name == "b4a_relu"
+    assert last_conv_layer(tiny_network).name == "b4a_relu"
+    layer = explain_layer(tiny_network)
+    assert layer.name == "b2a_relu"  # a quarter of the input resolution
     pixels = np.stack([decode_image(v, TINY_IMAGE_SIZE).require_pixels() for v in _images(3)])
     classes = [0, 2, 3]
-    maps = GradCam(tiny_network, TINY_IMAGE_SIZE).maps(pixels, classes)
+    maps = LayerCam(tiny_network, TINY_IMAGE_SIZE).maps(pixels, classes)
     assert maps.shape == (3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
     both = keras.Model(tiny_network.inputs, [layer.output, tiny_network.output])
     for i, wanted in enumerate(classes):
@@ -100,16 +101,18 @@ def test_gradcam_equals_an_eager_grad_cam_of_the_last_conv_block(tiny_network) -
             features, logits = both(pixels[i : i + 1].astype(np.float32), training=False)
             score = logits[0, wanted]
         grads = tape.gradient(score, features).numpy()[0]
-        cam = np.maximum((grads.mean(axis=(0, 1)) * features.numpy()[0]).sum(axis=-1), 0)
-        cam = cam / cam.max() if cam.max() > 0 else cam
+        assert features.shape[1] == TINY_IMAGE_SIZE // 4
+        # LayerCAM: each cell's features weighted by the positive gradient at that cell.
+        cam = np.maximum((np.maximum(grads, 0) * features.numpy()[0]).sum(axis=-1), 0)
         up = tf.image.resize(cam[None, ..., None], [TINY_IMAGE_SIZE] * 2).numpy()[0, ..., 0]
+        up = up / up.max() if up.max() > 0 else up  # 1 at the peak of the map shown
         np.testing.assert_allclose(maps[i], up, atol=1e-4)
     assert maps.max() <= 1.0 + 1e-6 and maps.min() >= 0.0
 
 
 def test_the_heatmap_png_is_the_photo_blended_with_the_coloured_map(tiny_network) -> None:
     pixels = np.stack([decode_image(v, TINY_IMAGE_SIZE).require_pixels() for v in _images(2)])
-    cam = GradCam(tiny_network, TINY_IMAGE_SIZE)
+    cam = LayerCam(tiny_network, TINY_IMAGE_SIZE)
     maps = cam.maps(pixels, [1, 2])
     files = cam.heatmaps(pixels, [1, 2], TINY_IMAGE_SIZE)
     assert [f[:8] for f in files] == [b"\x89PNG\r\n\x1a\n"] * 2
