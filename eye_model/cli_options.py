@@ -28,7 +28,7 @@ def training_options(function: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--weights", default="none", help="none, imagenet or a weights file."),
         click.option(
-            "--epochs", type=int, default=15, help="Most epochs (early stopping may end sooner)."
+            "--epochs", type=int, default=25, help="Most epochs (early stopping may end sooner)."
         ),
         click.option("--batch-size", type=int, default=32, help="Images per training step."),
         click.option(

@@ -6,12 +6,12 @@ default false) and ``heatmap_size`` (int; 0, the default, is the model's input s
 saw it with the map of the predicted class over it; a row with an error gets a null
 heatmap. Without it the output has no ``heatmap`` column.
 
-The map is LayerCAM (Jiang et al., 2021), the Grad-CAM variant that stays faithful on
-shallower layers: each feature map is weighted, cell by cell, by the positive part of the
-gradient of the predicted class's logit at that cell, and the weighted maps are summed.
-Grad-CAM (Selvaraju et al., 2017) averages the gradients over space and so needs the last
-convolutional block, whose cells are too coarse for a lesion or an optic disc (16 px at 96
-px). The small CNN is explained at :data:`~eye_model.network.EXPLAIN_LAYER` (4 px cells); a
+The map is HiResCAM (Draelos and Carin, 2020): the gradient of the predicted class's logit
+times the feature maps, cell by cell, summed over the channels; its positive part. Grad-CAM
+(Selvaraju et al., 2017) first averages the gradients over space, which blurs where the
+evidence lies and needs the coarse last convolutional block (16 px cells); HiResCAM keeps it
+cell by cell, so it can read a finer block and still show what the class's logit depends
+on. The small CNN is explained at :data:`~eye_model.network.EXPLAIN_LAYER` (8 px cells), a
 ``keras.applications`` backbone at its last block. It runs as one ``tf.function`` per model
 (built on the first explained request, then reused), on a batch of images at once.
 
@@ -106,8 +106,8 @@ def last_conv_layer(network: Any) -> Any:
     raise ValueError(f"network {network.name} has no convolutional layer to explain")
 
 
-class LayerCam:
-    """LayerCAM of a Keras network, compiled once: uint8 images and classes in.
+class ClassMap:
+    """HiResCAM of a Keras network, compiled once: uint8 images and classes in.
 
     :meth:`maps` gives the maps; :meth:`heatmaps` the PNG files of the photos with their
     maps over them, colourised, blended and encoded by TensorFlow in the same batch.
@@ -133,7 +133,7 @@ class LayerCam:
                 tape.watch(features)
                 score = tf.gather(logits, classes, batch_dims=1)
             grads = tape.gradient(score, features)
-            cam = tf.nn.relu(tf.reduce_sum(tf.nn.relu(grads) * features, axis=-1))
+            cam = tf.nn.relu(tf.reduce_sum(grads * features, axis=-1))
             cam = tf.nn.relu(tf.image.resize(cam[..., None], tf.stack([size, size])))
             peak = tf.reduce_max(cam, axis=(1, 2, 3), keepdims=True)
             return tf.clip_by_value(tf.math.divide_no_nan(cam, peak), 0.0, 1.0)
@@ -164,7 +164,7 @@ class LayerCam:
             yield tf.constant(chunk), tf.constant(wanted)
 
     def maps(self, pixels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
-        """LayerCAM maps (n, image_size, image_size), 0-1 (1 at each map's peak).
+        """HiResCAM maps (n, image_size, image_size), 0-1 (1 at each map's peak).
 
         Args:
             pixels: uint8 images (n, image_size, image_size, 3), as the network takes them.
@@ -187,17 +187,17 @@ class LayerCam:
         return out
 
 
-_LAYERCAMS: weakref.WeakKeyDictionary[Any, LayerCam] = weakref.WeakKeyDictionary()
-_LAYERCAMS_LOCK = threading.Lock()
+_CLASS_MAPS: weakref.WeakKeyDictionary[Any, ClassMap] = weakref.WeakKeyDictionary()
+_CLASS_MAPS_LOCK = threading.Lock()
 
 
-def layercam_of(runner: Any) -> LayerCam:
-    """The :class:`LayerCam` of a model's network runner, built on first use."""
-    with _LAYERCAMS_LOCK:
-        cam = _LAYERCAMS.get(runner)
+def class_map_of(runner: Any) -> ClassMap:
+    """The :class:`ClassMap` of a model's network runner, built on first use."""
+    with _CLASS_MAPS_LOCK:
+        cam = _CLASS_MAPS.get(runner)
         if cam is None:
-            cam = LayerCam(runner.network, runner.image_size)
-            _LAYERCAMS[runner] = cam
+            cam = ClassMap(runner.network, runner.image_size)
+            _CLASS_MAPS[runner] = cam
         return cam
 
 
@@ -228,7 +228,7 @@ def sign_coverage(runner: Any, per_class: int, seed: int = 99) -> dict[str, Sign
     from eye_model.config import CLASS_NAMES
     from eye_model.synthetic import draw_fundus, make_image_rng, sample_fundus_params
 
-    cam = layercam_of(runner)
+    cam = class_map_of(runner)
     out = {}
     for label in ("cataract", "diabetic_retinopathy", "glaucoma"):
         index = CLASS_NAMES.index(label)
@@ -288,7 +288,7 @@ def heatmaps(model: Any, rows: Sequence[Any], values: Sequence[object], size: in
     if not kept:
         return result
     classes = [int(np.argmax(rows[i].probabilities)) for i in kept]
-    files = layercam_of(model.runner).heatmaps(np.stack(pixels), classes, size)
+    files = class_map_of(model.runner).heatmaps(np.stack(pixels), classes, size)
     for i, png in zip(kept, files, strict=True):
         result[i] = base64.b64encode(png).decode("ascii")
     return result
@@ -299,22 +299,24 @@ def add_heatmaps(
     frame: pd.DataFrame,
     rows: Sequence[Any],
     output: pd.DataFrame | list[dict[str, Any]],
-    params: dict[str, Any] | None,
+    size: int,
 ) -> pd.DataFrame | list[dict[str, Any]]:
-    """Add the ``heatmap`` column to the output when ``params`` ask for explanations.
+    """Add the ``heatmap`` column to the output (``explain=true``), then drop the pixels kept.
 
     Args:
         model: the loaded :class:`~eye_model.pyfunc.EyeDiseaseClassifier`.
         frame: the request's input (its ``image`` column).
-        rows: the scored rows, in input order.
+        rows: the scored rows, in input order; their pixels were kept for this.
         output: the output DataFrame, or the records the scoring server writes.
-        params: the predict params (``explain``, ``heatmap_size``).
+        size: the heatmap side in pixels (:func:`explain_options`).
     """
-    size = explain_options(params, model.config.image_size)
-    if size is None:
-        return output
     values = frame["image"].tolist()
     maps = heatmaps(model, rows, values, size)
+    if not model._keeps_pixels():  # telemetry keeps them for its statistics, nothing else
+        for row in rows:
+            row.keep_pixels = False
+            if row.image is not None:
+                row.image.pixels = None
     if isinstance(output, pd.DataFrame):
         output[HEATMAP_COLUMN] = pd.Series(maps, dtype=object, index=output.index)
         return output

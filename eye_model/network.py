@@ -26,10 +26,10 @@ BACKBONES: tuple[str, ...] = ("small_cnn", "efficientnet_b0", "mobilenet_v3_smal
 EMBEDDING_LAYER = "embedding"
 #: Name of the output layer (logits).
 LOGITS_LAYER = "logits"
-#: The small CNN's layer that explanations read (:mod:`eye_model.explain`): its last block at a
-#: quarter of the input resolution, cells of 4 px. The last block's cells are 16 px, wider
-#: than an optic disc at 96 px: its maps put 28 % of their mass on the disc, this one 73 %.
-EXPLAIN_LAYER = "b2a_relu"
+#: The small CNN's layer that explanations read (:mod:`eye_model.explain`): its last block at
+#: an eighth of the input resolution, cells of 8 px. The last block's cells are 16 px, wider
+#: than an optic disc at 96 px.
+EXPLAIN_LAYER = "b3b_relu"
 
 
 def resolve_weights(weights: str | None) -> str | None:

@@ -37,7 +37,7 @@ from mlflow.types.schema import ColSpec, Schema
 from eye_model.batching import NetworkBatcher, network_error
 from eye_model.config import PROB_COLUMNS
 from eye_model.decode_budget import MemoryBudget, RequestGate
-from eye_model.explain import PARAMS_SCHEMA, add_heatmaps
+from eye_model.explain import PARAMS_SCHEMA, add_heatmaps, explain_options
 from eye_model.fundus import apply_fundus_check
 from eye_model.inference import ModelConfig, aligned_stack, shared_runner
 from eye_model.input_frame import (
@@ -96,6 +96,8 @@ class ScoredImage:
     ood_score: float | None = None
     #: Cautions for a scored row (shown joined by "; " in ``warning``).
     warnings: list[str] = field(default_factory=list)
+    #: Keep the decoded pixels past scoring (an explanation is asked for this row).
+    keep_pixels: bool = False
 
     @property
     def output_warning(self) -> str | None:
@@ -381,9 +383,13 @@ class EyeDiseaseClassifier(PythonModel):
                 row.warnings.append(OOD_WARNING)
             row.network_ms = share
             row.batch_size = len(batch)
-            if row.image is not None and not getattr(self, "_keep_pixels", False):
+            if row.image is not None and not (row.keep_pixels or self._keeps_pixels()):
                 row.image.pixels = None  # nothing of the image is kept past this point
         apply_fundus_check(batch, pixels, getattr(self, "fundus_check", "refuse"))
+
+    def _keeps_pixels(self) -> bool:
+        """Whether scored rows keep their pixels (telemetry computes statistics of them)."""
+        return bool(getattr(self, "_keep_pixels", False))
 
     def _start_image_stats(self, batch: list[ScoredImage]) -> Future[None] | None:
         """Telemetry's image statistics of ``batch``, computed while the network runs."""
@@ -400,6 +406,7 @@ class EyeDiseaseClassifier(PythonModel):
         *,
         with_stats: bool = False,
         gate: RequestGate | None = None,
+        keep_pixels: bool = False,
     ) -> list[ScoredImage]:
         """Decode and score images, one :class:`ScoredImage` per value, in order.
 
@@ -409,6 +416,7 @@ class EyeDiseaseClassifier(PythonModel):
                 serving, telemetry computes them off the request path).
             gate: the request's limits (:meth:`request_gate`); by default only the
                 worker's memory budget.
+            keep_pixels: keep each row's decoded pixels past scoring (for explanations).
 
         Returns:
             The scored rows; a bad image gets ``error`` and no probabilities.
@@ -420,6 +428,7 @@ class EyeDiseaseClassifier(PythonModel):
         batcher = getattr(self, "_batcher", None)
         with batcher.request() if batcher else contextlib.nullcontext(self._score_batch) as score:
             for row in self._decode_ahead(list(values), with_stats, gate):
+                row.keep_pixels = keep_pixels
                 rows.append(row)
                 if row.error is None:
                     batch.append(row)
@@ -440,8 +449,9 @@ class EyeDiseaseClassifier(PythonModel):
         start = time.perf_counter()
         gate = self.request_gate(time.monotonic())
         frame = as_input_frame(model_input)
+        heatmap_size = explain_options(params, self.config.image_size)  # a bad param: no work
         cells = image_cells(frame[IMAGE_COLUMN])
-        rows = self.score_images(cells, gate=gate)
+        rows = self.score_images(cells, gate=gate, keep_pixels=heatmap_size is not None)
         image_ids = input_image_ids(frame)
         serving = getattr(self, "_serving", False)
         output: pd.DataFrame | list[dict[str, Any]]
@@ -451,7 +461,8 @@ class EyeDiseaseClassifier(PythonModel):
             output = build_output_frame(rows, self.config.class_names)
             if image_ids is not None:
                 output.insert(0, IMAGE_ID_COLUMN, pd.Series(image_ids, dtype=object, copy=False))
-        output = add_heatmaps(self, frame, rows, output, params)  # only with explain=true
+        if heatmap_size is not None:
+            output = add_heatmaps(self, frame, rows, output, heatmap_size)
         telemetry = getattr(self, "_telemetry", None)
         if telemetry is not None or serving:
             from eye_model.telemetry import log_request

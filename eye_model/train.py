@@ -99,7 +99,7 @@ class TrainConfig:
     image_size: int = 224
     backbone: str = "small_cnn"
     weights: str = "none"
-    epochs: int = 15
+    epochs: int = 25
     batch_size: int = 32
     learning_rate: float = 2e-3
     seed: int = 42

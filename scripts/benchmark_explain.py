@@ -1,4 +1,4 @@
-"""Benchmark the cost of LayerCAM explanations against plain prediction, in one run.
+"""Benchmark the cost of HiResCAM explanations against plain prediction, in one run.
 
 Saves an untrained ``small_cnn`` (the default recipe's network, the cost does not depend on
 the weights) as an eye-model pyfunc at ``--image-size`` (default 224), loads it, and times
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             f"batch of {args.batch}": pd.DataFrame({"image": images}),
             "one image": pd.DataFrame({"image": images[:1]}),
         }
-        for frame in cases.values():  # warm up both paths (the LayerCAM function is traced)
+        for frame in cases.values():  # warm up both paths (the HiResCAM function is traced)
             model.predict(frame, params=explain)
             model.predict(frame)
         print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")

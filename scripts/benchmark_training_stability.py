@@ -163,7 +163,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     parser.add_argument("--synthetic-per-class", type=int, default=300)
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--jobs", type=int, default=1, help="training processes at a time")
     parser.add_argument("--repeat", action="store_true", help="run the first seed twice")
     parser.add_argument("--determinism-cost", action="store_true")

@@ -1,4 +1,4 @@
-"""Draw docs/explanation.png: generated photographs beside their LayerCAM explanations.
+"""Draw docs/explanation.png: generated photographs beside their HiResCAM explanations.
 
 Scores one generated photograph of each disease class with ``{"explain": true}`` through the
 pyfunc, and lays out each photo beside its ``heatmap``, captioned with the prediction.

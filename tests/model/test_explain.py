@@ -16,7 +16,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from eye_model.explain import OVERLAY_ALPHA, LayerCam, colourise, explain_layer, last_conv_layer
+from eye_model.explain import OVERLAY_ALPHA, ClassMap, colourise, explain_layer, last_conv_layer
 from eye_model.preprocess import decode_image
 from eye_model.pyfunc import OUTPUT_COLUMNS
 from tests.conftest import TINY_IMAGE_SIZE
@@ -84,16 +84,16 @@ def test_served_records_carry_the_heatmap_of_the_frame(model: mlflow.pyfunc.PyFu
     assert "heatmap" not in served.predict(None, frame, params=None)[0]
 
 
-def test_layercam_equals_an_eager_layercam_of_the_explained_layer(tiny_network) -> None:
+def test_hirescam_equals_an_eager_hirescam_of_the_explained_layer(tiny_network) -> None:
     import keras
     import tensorflow as tf
 
     assert last_conv_layer(tiny_network).name == "b4a_relu"
     layer = explain_layer(tiny_network)
-    assert layer.name == "b2a_relu"  # a quarter of the input resolution
+    assert layer.name == "b3b_relu"  # an eighth of the input resolution
     pixels = np.stack([decode_image(v, TINY_IMAGE_SIZE).require_pixels() for v in _images(3)])
     classes = [0, 2, 3]
-    maps = LayerCam(tiny_network, TINY_IMAGE_SIZE).maps(pixels, classes)
+    maps = ClassMap(tiny_network, TINY_IMAGE_SIZE).maps(pixels, classes)
     assert maps.shape == (3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
     both = keras.Model(tiny_network.inputs, [layer.output, tiny_network.output])
     for i, wanted in enumerate(classes):
@@ -101,9 +101,9 @@ def test_layercam_equals_an_eager_layercam_of_the_explained_layer(tiny_network) 
             features, logits = both(pixels[i : i + 1].astype(np.float32), training=False)
             score = logits[0, wanted]
         grads = tape.gradient(score, features).numpy()[0]
-        assert features.shape[1] == TINY_IMAGE_SIZE // 4
-        # LayerCAM: each cell's features weighted by the positive gradient at that cell.
-        cam = np.maximum((np.maximum(grads, 0) * features.numpy()[0]).sum(axis=-1), 0)
+        assert features.shape[1] == TINY_IMAGE_SIZE // 8
+        # HiResCAM: each cell's features weighted by the gradient at that cell, not its mean.
+        cam = np.maximum((grads * features.numpy()[0]).sum(axis=-1), 0)
         up = tf.image.resize(cam[None, ..., None], [TINY_IMAGE_SIZE] * 2).numpy()[0, ..., 0]
         up = up / up.max() if up.max() > 0 else up  # 1 at the peak of the map shown
         np.testing.assert_allclose(maps[i], up, atol=1e-4)
@@ -112,7 +112,7 @@ def test_layercam_equals_an_eager_layercam_of_the_explained_layer(tiny_network) 
 
 def test_the_heatmap_png_is_the_photo_blended_with_the_coloured_map(tiny_network) -> None:
     pixels = np.stack([decode_image(v, TINY_IMAGE_SIZE).require_pixels() for v in _images(2)])
-    cam = LayerCam(tiny_network, TINY_IMAGE_SIZE)
+    cam = ClassMap(tiny_network, TINY_IMAGE_SIZE)
     maps = cam.maps(pixels, [1, 2])
     files = cam.heatmaps(pixels, [1, 2], TINY_IMAGE_SIZE)
     assert [f[:8] for f in files] == [b"\x89PNG\r\n\x1a\n"] * 2
@@ -141,3 +141,30 @@ def test_a_model_logged_without_params_keeps_working(tiny_model_path: Path, tmp_
     ignored = loaded.predict(frame, params={"explain": True})
     assert list(ignored.columns) == list(OUTPUT_COLUMNS)
     assert ignored["error"].isna().all()
+
+
+def test_explaining_reuses_the_decoded_pixels_and_then_drops_them(
+    model: mlflow.pyfunc.PyFuncModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import eye_model.explain
+
+    def no_second_decode(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the image was decoded a second time for its heatmap")
+
+    monkeypatch.setattr(eye_model.explain, "decode_image", no_second_decode)
+    inner = model.unwrap_python_model()
+    frame = pd.DataFrame({"image": [*_images(3), "%%%"]})
+    kept: list[object] = []
+    original = eye_model.explain.heatmaps
+
+    def watch(model_: object, rows: list, values: list, size: int) -> list:
+        out = original(model_, rows, values, size)
+        kept.extend(rows)
+        return out
+
+    monkeypatch.setattr(eye_model.explain, "heatmaps", watch)
+    out = inner.predict(None, frame, params={"explain": True})
+    assert out["heatmap"].notna().tolist() == [True, True, True, False]
+    # Without telemetry nothing of the images outlives the request.
+    assert all(row.image is None or row.image.pixels is None for row in kept)
+    assert all(not row.keep_pixels for row in kept)
