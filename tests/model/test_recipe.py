@@ -105,9 +105,9 @@ def test_augmentation_is_seeded_varies_per_epoch_and_stays_fundus_like() -> None
 
 
 def test_phase_plan() -> None:
-    small = TrainConfig()
+    small = TrainConfig(epochs=15)
     assert [(p.name, p.epochs, p.learning_rate) for p in plan_phases(small)] == [("full", 15, 2e-3)]
-    pretrained = TrainConfig(backbone="efficientnet_b0", weights="imagenet")
+    pretrained = TrainConfig(backbone="efficientnet_b0", weights="imagenet", epochs=15)
     phases = plan_phases(pretrained)
     assert [(p.name, p.epochs, p.learning_rate) for p in phases] == [
         ("frozen", 5, 2e-3),
