@@ -243,6 +243,10 @@ class EyeDiseaseClassifier(PythonModel):
         threads = settings.decode_threads
         self._decode_threads = threads
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="eye-model-decode")
+        if settings.in_scoring_server:
+            from eye_model.server_socket import keep_tcp_nodelay
+
+            keep_tcp_nodelay()  # uvicorn --workers N leaves Nagle on (eye_model.server_socket)
         model_dir = Path(context.artifacts[_CONFIG_ARTIFACT]).parent.parent
         self._start_telemetry(model_dir, settings)
         if settings.metrics_port and settings.in_scoring_server:

@@ -11,9 +11,10 @@ All figures come from one run on the same 512 px fundus JPEGs:
    - network: ``time.process_time`` per image of the compiled raw network at batch 32 on
      ready tensors;
    - decode: ``time.process_time`` per image of Pillow's draft decode of the same JPEGs.
-2. The eye model served with telemetry on (local inference log), under ``--clients``
-   (default 8) closed-loop clients each posting one image at a time: images/s against the
-   limit (goal >= 0.85), p50/p99 latency (goal p99 <= 400 ms), errors (goal none), CPU
+2. The eye model served with telemetry on (local inference log), ``--workers`` uvicorn
+   workers per server (default one per core; ``batching on, 1 worker`` is served too, for
+   comparison), under ``--clients`` (default 8) closed-loop clients each posting one
+   image at a time: images/s against the limit (goal >= 0.85), p50/p99 latency (goal p99 <= 400 ms), errors (goal none), CPU
    per image and the mean network batch; and the same with batching off
    (``EYE_MODEL_MAX_BATCH=1``) and, with ``--baseline-code DIR``, with another checkout's
    ``eye_model`` package (today's code) served the same way. All servers run at once and
@@ -72,6 +73,9 @@ SIDE = 512
 GOAL_RATIO = 0.85
 GOAL_P99_MS = 400.0
 SINGLE_SLACK_MS = 8.0
+
+#: A server to start: model folder, variables added, uvicorn workers.
+Spec = tuple[Path, dict[str, str], int]
 
 
 @dataclass
@@ -210,8 +214,10 @@ def run_clients(
 
 
 @contextlib.contextmanager
-def served(model_dir: Path, log: Path, env: dict[str, str]) -> Iterator[tuple[int, int]]:
-    """``mlflow models serve`` of ``model_dir`` with ``env`` added; yields (port, pid)."""
+def served(
+    model_dir: Path, log: Path, env: dict[str, str], workers: int = 1
+) -> Iterator[tuple[int, int]]:
+    """``mlflow models serve -w workers`` of ``model_dir`` with ``env``; yields (port, pid)."""
     from eye_model.stack import (
         build_serve_command,
         find_free_port,
@@ -222,7 +228,7 @@ def served(model_dir: Path, log: Path, env: dict[str, str]) -> Iterator[tuple[in
     )
 
     port = find_free_port()
-    command = build_serve_command(str(model_dir), port=port, env_manager="local")
+    command = build_serve_command(str(model_dir), port=port, env_manager="local", workers=workers)
     process = start_process(command, log_path=log, env=server_environment(env))
     try:
         wait_for_http(f"http://127.0.0.1:{port}/ping", timeout=300, process=process)
@@ -331,14 +337,14 @@ class Bench:
         }
 
     @contextlib.contextmanager
-    def servers(self, specs: dict[str, tuple[Path, dict[str, str]]]) -> Iterator[dict[str, Any]]:
-        """Start every server of ``specs`` (name: model folder, variables) at once."""
+    def servers(self, specs: dict[str, Spec]) -> Iterator[dict[str, Any]]:
+        """Start every server of ``specs`` (name: model folder, variables, workers) at once."""
         with contextlib.ExitStack() as stack:
             started = {}
-            for name, (model_dir, extra) in specs.items():
+            for name, (model_dir, extra, workers) in specs.items():
                 env = self.env(name, **extra)
                 log = self.workdir / f"serve-{name.replace(' ', '-')}.log"
-                port, pid = stack.enter_context(served(model_dir, log, env))
+                port, pid = stack.enter_context(served(model_dir, log, env, workers))
                 started[name] = (port, pid, Path(env["EYE_MODEL_TELEMETRY_DIR"]))
             for port, pid, _ in started.values():  # warm-up
                 run_clients(port, pid, self.bodies, self.args.clients, 2.0)
@@ -370,14 +376,20 @@ class Bench:
         quick, clients = self.args.quick, self.args.clients
         seconds = 8.0 if quick else self.args.seconds
         cores = os.cpu_count() or 1
-        specs = {
-            "no-op": (self.noop_dir, {}),
-            "batching on": (self.model_dir, {}),
-            "batching off": (self.model_dir, {"EYE_MODEL_MAX_BATCH": "1"}),
+        workers = self.args.workers
+        specs: dict[str, Spec] = {
+            "no-op": (self.noop_dir, {}, workers),
+            "batching on": (self.model_dir, {}, workers),
+            "batching off": (self.model_dir, {"EYE_MODEL_MAX_BATCH": "1"}, workers),
         }
+        if workers != 1:
+            specs["batching on, 1 worker"] = (self.model_dir, {}, 1)
         if self.args.baseline_code:
-            specs["today's code"] = (self.baseline_dir, {})
-        print(f"\n== {clients} clients, one image per request, interleaved  [{load_text()}]")
+            specs["today's code"] = (self.baseline_dir, {}, workers)
+        print(
+            f"\n== {clients} clients, one image per request, {workers} worker(s) per server, "
+            f"interleaved  [{load_text()}]"
+        )
         with self.servers(specs) as started:
             results = self.interleave(started, clients, seconds)
             floor = results.pop("no-op")
@@ -410,7 +422,7 @@ class Bench:
             ]
             print(f"\n== one client alone  [{load_text()}]")
             alone = self.interleave(
-                {k: v for k, v in started.items() if k != "batching off"}, 1, seconds
+                {k: v for k, v in started.items() if k in ("no-op", "batching on")}, 1, seconds
             )
             single = alone["batching on"].percentile(50)
             budget = self.raw1_ms + self.decode_wall_ms + SINGLE_SLACK_MS
@@ -437,8 +449,12 @@ class Bench:
                 )
         if self.args.wait_sweep:
             print(f"\n== EYE_MODEL_MAX_WAIT_MS, {clients} clients, interleaved  [{load_text()}]")
-            sweep = {
-                f"max wait {wait:g} ms": (self.model_dir, {"EYE_MODEL_MAX_WAIT_MS": f"{wait:g}"})
+            sweep: dict[str, Spec] = {
+                f"max wait {wait:g} ms": (
+                    self.model_dir,
+                    {"EYE_MODEL_MAX_WAIT_MS": f"{wait:g}"},
+                    self.args.workers,
+                )
                 for wait in self.args.wait_sweep
             }
             with self.servers(sweep) as started:
@@ -456,6 +472,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short phases, no soak")
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="uvicorn workers of each server (default: one per core)",
+    )
     parser.add_argument("--seconds", type=float, default=30.0, help="seconds per server")
     parser.add_argument("--rounds", type=int, default=3, help="slices per server")
     parser.add_argument("--soak-clients", type=int, default=64)

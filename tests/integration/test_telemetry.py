@@ -291,6 +291,26 @@ def test_the_served_ood_score_reaches_the_answer_the_log_and_the_session_metrics
     assert metrics["recent_avg_ood_score"] == pytest.approx(float(np.mean(scores)), abs=1e-4)
 
 
+def _keep_alive_ping_ms(port: int, count: int = 15) -> float:
+    """Median time of ``count`` /ping requests sent one after another on one connection."""
+    import http.client
+    import statistics
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    times = []
+    try:
+        for _ in range(count):
+            began = time.perf_counter()
+            connection.request("GET", "/ping")
+            response = connection.getresponse()
+            response.read()
+            assert response.status == 200
+            times.append((time.perf_counter() - began) * 1000.0)
+    finally:
+        connection.close()
+    return statistics.median(times[1:])
+
+
 def test_two_workers_give_two_runs_whose_counts_add_up(
     tiny_model_path: Path, tracking: TrackingServer, tmp_path: Path
 ) -> None:
@@ -300,6 +320,9 @@ def test_two_workers_give_two_runs_whose_counts_add_up(
     server = ModelServer(tiny_model_path, tmp_path, _env(tracking.url, tmp_path), workers=2)
     sent = 0
     try:
+        # Keep-alive answers of a two-worker server come at once: uvicorn leaves Nagle on
+        # there (eye_model.server_socket), which made each wait ~44 ms for a delayed ACK.
+        assert _keep_alive_ping_ms(server.port) < 20.0
         # Which worker accepts a connection is the kernel's choice: sequential requests can all
         # land on one idle worker. Concurrent rounds reach both; keep sending until they have.
         with ThreadPoolExecutor(max_workers=4) as pool:

@@ -1,0 +1,73 @@
+"""A model server worker keeps Nagle off on connections of a listener uvicorn bound itself.
+
+``uvicorn --workers N`` (N > 1) binds its listener through ``Config.bind_socket``, whose
+socket reports ``proto`` 0; asyncio then leaves ``TCP_NODELAY`` off on every accepted
+connection (uvicorn issue 3149) and each keep-alive response waits ~40 ms for a delayed ACK.
+These tests use uvicorn's own ``bind_socket`` and real loopback connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+import uvicorn
+
+from eye_model.server_socket import keep_tcp_nodelay
+from eye_model.stack import find_free_port
+
+
+def _accepted_nodelay() -> int:
+    """TCP_NODELAY of a connection accepted on a listener bound as ``uvicorn --workers 2``."""
+    config = uvicorn.Config(app=None, host="127.0.0.1", port=find_free_port(), workers=2)
+    listener = config.bind_socket()
+    seen: list[int] = []
+
+    class Probe(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            sock = transport.get_extra_info("socket")
+            seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+
+    async def accept_one() -> None:
+        server = await asyncio.get_running_loop().create_server(Probe, sock=listener)
+        host, port = listener.getsockname()[:2]
+        _, writer = await asyncio.open_connection(host, port)
+        for _ in range(200):
+            if seen:
+                break
+            await asyncio.sleep(0.01)
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    try:
+        asyncio.run(accept_one())
+    finally:
+        listener.close()
+    assert seen, "no connection was accepted"
+    return seen[0]
+
+
+def test_uvicorns_bound_listener_leaves_nagle_on_without_the_fix() -> None:
+    # The bug this module works around; if uvicorn fixes it, this test says so.
+    import asyncio.base_events as base_events
+
+    original = base_events.__dict__["_set_nodelay"]
+    if getattr(original, "__module__", "") == "eye_model.server_socket":
+        pytest.skip("the fix is already installed in this process")
+    assert _accepted_nodelay() == 0
+
+
+def test_keep_tcp_nodelay_turns_nagle_off_on_accepted_connections(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio.base_events as base_events
+
+    # Undo the patch after the test: other tests in this process see asyncio as shipped.
+    monkeypatch.setattr(base_events, "_set_nodelay", base_events._set_nodelay)
+    monkeypatch.setattr("eye_model.server_socket._installed", False)
+    keep_tcp_nodelay()
+    keep_tcp_nodelay()  # idempotent
+    assert _accepted_nodelay() == 1
