@@ -14,8 +14,8 @@ All figures come from one run on the same 512 px fundus JPEGs:
 2. The eye model served with telemetry on (local inference log), ``--workers`` uvicorn
    workers per server (default one per core; ``batching on, 1 worker`` is served too, for
    comparison), under ``--clients`` (default 8) closed-loop clients each posting one
-   image at a time: images/s against the limit (goal >= 0.85), p50/p99 latency (goal p99 <= 400 ms), errors (goal none), CPU
-   per image and the mean network batch; and the same with batching off
+   image at a time: images/s against the limit (goal >= 0.85), p50/p99 latency (goal
+   p99 <= 400 ms), errors (goal none), CPU per image and the mean network batch; and the same with batching off
    (``EYE_MODEL_MAX_BATCH=1``) and, with ``--baseline-code DIR``, with another checkout's
    ``eye_model`` package (today's code) served the same way. All servers run at once and
    the clients visit them in turn, ``--rounds`` slices each, so that the load of other
