@@ -11,16 +11,16 @@ All figures come from one run on the same 512 px fundus JPEGs:
    - network: ``time.process_time`` per image of the compiled raw network at batch 32 on
      ready tensors;
    - decode: ``time.process_time`` per image of Pillow's draft decode of the same JPEGs.
-2. The eye model served with telemetry on (local inference log), ``--workers`` uvicorn
-   workers per server (default one per core; ``batching on, 1 worker`` is served too, for
-   comparison), under ``--clients`` (default 8) closed-loop clients each posting one
-   image at a time: images/s against the limit (goal >= 0.85), p50/p99 latency (goal
-   p99 <= 400 ms), errors (goal none), CPU per image and the mean network batch; and the same with batching off
+2. The eye model served with telemetry on (local inference log), ``--workers`` uvicorn workers per
+   server (default one per core; ``batching on, 1 worker`` is served too, for comparison), under
+   ``--clients`` (default 8) closed-loop clients each posting one image at a time: images/s
+   against the limit (goal >= 0.85), p50/p99 latency (goal p99 <= 400 ms), errors (goal none),
+   CPU per image and the mean network batch; and the same with batching off
    (``EYE_MODEL_MAX_BATCH=1``) and, with ``--baseline-code DIR``, with another checkout's
-   ``eye_model`` package (today's code) served the same way. All servers run at once and
-   the clients visit them in turn, ``--rounds`` slices each, so that the load of other
-   processes on a shared machine hits all alike. The CPU ratio (the limit's CPU per image
-   over the measured one) says what the throughput ratio would be with every core free.
+   ``eye_model`` package (today's code) served the same way. All servers run at once and the
+   clients visit them in turn, ``--rounds`` slices each, so that the load of other processes on a
+   shared machine hits all alike. The CPU ratio (the limit's CPU per image over the measured one)
+   says what the throughput ratio would be with every core free.
 3. One client alone: p50 against raw batch 1 + draft decode + 8 ms (the served
    single-image goal of ``scripts/benchmark_predict.py``).
 4. ``--soak-clients`` (64) clients for ``--soak-seconds`` (60 s): no error, p99 reported.
