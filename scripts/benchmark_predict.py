@@ -264,7 +264,11 @@ def decode_full(data: bytes) -> np.ndarray:
 
 
 def save_noop_model(path: Path) -> Path:
-    """Save a pyfunc that ignores its input and returns a one-row DataFrame."""
+    """Save a pyfunc that ignores its input and returns a one-row DataFrame.
+
+    It keeps ``TCP_NODELAY`` on as the eye model does (:mod:`eye_model.server_socket`), so
+    that with several workers it still measures MLflow's own cost per request.
+    """
     import mlflow
     import pandas as pd
 
@@ -273,6 +277,13 @@ def save_noop_model(path: Path) -> Path:
     with contextlib.redirect_stderr(io.StringIO()):
 
         class NoOp(mlflow.pyfunc.PythonModel):
+            def load_context(self, context: Any) -> None:
+                # As the eye model does: uvicorn --workers N would otherwise leave Nagle on
+                # and add ~44 ms to every answer, which is not MLflow's cost.
+                from eye_model.server_socket import keep_tcp_nodelay
+
+                keep_tcp_nodelay()
+
             def predict(self, context: Any, model_input: Any, params: Any = None) -> pd.DataFrame:
                 return pd.DataFrame({"ok": [len(model_input)]})
 
