@@ -422,7 +422,9 @@ class Bench:
             ]
             print(f"\n== one client alone  [{load_text()}]")
             alone = self.interleave(
-                {k: v for k, v in started.items() if k in ("no-op", "batching on")}, 1, seconds
+                {k: v for k, v in started.items() if k in ("no-op", "batching on", "today's code")},
+                1,
+                seconds,
             )
             single = alone["batching on"].percentile(50)
             budget = self.raw1_ms + self.decode_wall_ms + SINGLE_SLACK_MS
