@@ -39,7 +39,7 @@ from eye_model.config import PROB_COLUMNS
 from eye_model.decode_budget import MemoryBudget, RequestGate
 from eye_model.explain import PARAMS_SCHEMA, add_heatmaps, explain_options
 from eye_model.fundus import apply_fundus_check
-from eye_model.inference import ModelConfig, aligned_stack, shared_runner
+from eye_model.inference import ModelConfig, aligned_stack, configure_network_threads, shared_runner
 from eye_model.input_frame import (
     IMAGE_COLUMN,
     IMAGE_ID_COLUMN,
@@ -223,8 +223,9 @@ class EyeDiseaseClassifier(PythonModel):
         """Load the network and its config, compile and warm it up, start the decode pool."""
         config_path = Path(context.artifacts[_CONFIG_ARTIFACT])
         self.config = ModelConfig.from_json(config_path.read_text())
-        self.runner = shared_runner(Path(context.artifacts[_NETWORK_ARTIFACT]), self.config)
         settings = load_settings()
+        configure_network_threads(settings)  # before the network first runs
+        self.runner = shared_runner(Path(context.artifacts[_NETWORK_ARTIFACT]), self.config)
         self.max_pixels = settings.max_pixels
         self.max_bytes = settings.max_bytes
         self.max_request_pixels = settings.max_request_pixels

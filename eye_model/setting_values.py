@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -103,3 +104,31 @@ def parse_choice(value: str | None, *, name: str, default: str, choices: tuple[s
         if text.lower() == choice.lower():
             return choice
     raise SettingsError(f"{name}={value!r} is not one of {', '.join(choices)}")
+
+
+# Parsers with their setting's name and default bound, for eye_model.settings.ENVIRONMENT.
+
+
+def text_parser(default: str = "") -> Callable[[str | None], str]:
+    """Text, stripped; ``default`` when unset or blank."""
+    return lambda value: (value or "").strip() or default
+
+
+def bool_parser(name: str, default: bool) -> Callable[[str | None], bool]:
+    """:func:`parse_bool` for the setting ``name``."""
+    return lambda value: parse_bool(value, name=name, default=default)
+
+
+def int_parser(name: str, default: int) -> Callable[[str | None], int]:
+    """:func:`parse_positive_int` for the setting ``name``."""
+    return lambda value: parse_positive_int(value, name=name, default=default)
+
+
+def seconds_parser(name: str, default: float) -> Callable[[str | None], float]:
+    """:func:`parse_positive_float` for the setting ``name``."""
+    return lambda value: parse_positive_float(value, name=name, default=default)
+
+
+def choice_parser(name: str, default: str, choices: tuple[str, ...]) -> Callable[[str | None], str]:
+    """:func:`parse_choice` for the setting ``name``."""
+    return lambda value: parse_choice(value, name=name, default=default, choices=choices)

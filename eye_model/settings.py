@@ -29,12 +29,15 @@ from eye_model.config import (
 )
 from eye_model.setting_values import (
     SettingsError,
-    parse_bool,
     parse_choice,
     parse_non_negative_int,
     parse_positive_float,
-    parse_positive_int,
 )
+from eye_model.setting_values import bool_parser as _bool
+from eye_model.setting_values import choice_parser as _choice
+from eye_model.setting_values import int_parser as _int
+from eye_model.setting_values import seconds_parser as _seconds
+from eye_model.setting_values import text_parser as _text
 
 #: Default of ``EYE_MODEL_HOME``: the local stack's state, relative to the working folder.
 DEFAULT_HOME = ".eye-model"
@@ -81,26 +84,6 @@ class EnvVar:
     meaning: str
     parse: Callable[[str | None], Any]
     secret: bool = False
-
-
-def _text(default: str = "") -> Callable[[str | None], str]:
-    return lambda value: (value or "").strip() or default
-
-
-def _bool(name: str, default: bool) -> Callable[[str | None], bool]:
-    return lambda value: parse_bool(value, name=name, default=default)
-
-
-def _int(name: str, default: int) -> Callable[[str | None], int]:
-    return lambda value: parse_positive_int(value, name=name, default=default)
-
-
-def _seconds(name: str, default: float) -> Callable[[str | None], float]:
-    return lambda value: parse_positive_float(value, name=name, default=default)
-
-
-def _choice(name: str, default: str, choices: tuple[str, ...]) -> Callable[[str | None], str]:
-    return lambda value: parse_choice(value, name=name, default=default, choices=choices)
 
 
 def _version(value: str | None) -> str:
@@ -255,6 +238,14 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
             parse_non_negative_int(value, name="EYE_MODEL_DECODE_THREADS", default=0)
             or min(8, os.cpu_count() or 2)
         ),
+    ),
+    EnvVar(
+        "EYE_MODEL_NETWORK_THREADS",
+        "network_threads",
+        "(all CPUs)",
+        "threads TensorFlow uses within one network operation; in a model server with "
+        "`--workers` above 1, idle network threads sleep instead of spinning for work",
+        lambda value: parse_non_negative_int(value, name="EYE_MODEL_NETWORK_THREADS", default=0),
     ),
     EnvVar(
         "EYE_MODEL_HOME",
@@ -547,6 +538,7 @@ class Settings:
     max_wait_ms: float = DEFAULT_MAX_WAIT_MS
     fundus_check: str = "refuse"
     decode_threads: int = field(default_factory=lambda: min(8, os.cpu_count() or 2))
+    network_threads: int = 0  # 0: TensorFlow's default, one per CPU
     home: Path = field(default_factory=lambda: Path(DEFAULT_HOME).resolve())
     cache_dir: Path = field(default_factory=lambda: Path("~/.cache/eye-model").expanduser())
     telemetry_mode: str = "serving"

@@ -54,7 +54,8 @@ from eye_model.inference import ModelConfig, NetworkRunner
 from eye_model.ood import OOD_THRESHOLD, fit_ood_statistics
 from eye_model.pyfunc import log_model
 from eye_model.runs import log_new_params
-from eye_model.settings import load_settings, parse_bool
+from eye_model.setting_values import parse_bool
+from eye_model.settings import load_settings
 
 logger = logging.getLogger(__name__)
 

@@ -11,6 +11,10 @@ All figures come from one run on the same 512 px fundus JPEGs:
    - network: ``time.process_time`` per image of the compiled raw network at batch 32 on
      ready tensors;
    - decode: ``time.process_time`` per image of Pillow's draft decode of the same JPEGs.
+
+   The network and the decode are measured at setup and again before every round of every
+   phase, and summed over the run: the machine's pace drifts by tens of per cent within
+   minutes, and the limit must come from the same minutes as the load it is compared to.
 2. The eye model served with telemetry on (local inference log), ``--workers`` uvicorn workers per
    server (default one per core; ``batching on, 1 worker`` is served too, for comparison), under
    ``--clients`` (default 8) closed-loop clients each posting one image at a time: images/s
@@ -290,30 +294,17 @@ class Bench:
         for _ in range(3):
             raw(ready32).numpy()
             raw(ready1).numpy()
-        rounds = 5 if self.args.quick else 15
-        cpu = time.process_time()
-        for _ in range(rounds):
-            raw(ready32).numpy()
-        self.network_ms = 1000.0 * (time.process_time() - cpu) / (32 * rounds)
+        self.raw, self.ready32, self.ready1 = raw, ready32, ready1
+        self.network_cpu = [0.0, 0]  # CPU seconds, images: every sample of the run adds up
+        self.decode_cpu = [0.0, 0]
+        self.singles: list[float] = []
+        self.decode_walls: list[float] = []
+        self.sample_baselines(3 if self.args.quick else 10)
         ready8 = tf.constant(pixels[:8])
         cpu = time.process_time()
-        for _ in range(rounds * 4):
+        for _ in range(20):
             raw(ready8).numpy()
-        network8_ms = 1000.0 * (time.process_time() - cpu) / (8 * rounds * 4)
-        singles = []
-        for _ in range(rounds * 3):
-            began = time.perf_counter()
-            raw(ready1).numpy()
-            singles.append(time.perf_counter() - began)
-        self.raw1_ms = 1000.0 * float(np.median(singles))
-        cpu = time.process_time()
-        walls = []
-        for data in self.jpegs * (2 if self.args.quick else 6):
-            began = time.perf_counter()
-            decode_draft(data)
-            walls.append(time.perf_counter() - began)
-        self.decode_ms = 1000.0 * (time.process_time() - cpu) / len(walls)
-        self.decode_wall_ms = 1000.0 * float(np.median(walls))
+        network8_ms = 1000.0 * (time.process_time() - cpu) / (8 * 20)
         kilobytes = float(np.median([len(j) for j in self.jpegs])) / 1024
         print(
             f"  {len(self.jpegs)} JPEGs of {SIDE} px ({kilobytes:.0f} KB median);"
@@ -322,6 +313,49 @@ class Bench:
             f"{self.raw1_ms:.2f} ms; draft decode CPU {self.decode_ms:.2f} ms/image "
             f"(p50 wall {self.decode_wall_ms:.2f} ms)"
         )
+
+    def sample_baselines(self, batches: int) -> None:
+        """Measure the limit's network and decode CPU again (summed over the run).
+
+        Called at setup and before every round of :meth:`interleave`: the machine's pace
+        drifts, and the limit must come from the same minutes as the load it is compared to.
+        """
+        cpu = time.process_time()
+        for _ in range(batches):
+            self.raw(self.ready32).numpy()
+        self.network_cpu[0] += time.process_time() - cpu
+        self.network_cpu[1] += 32 * batches
+        for _ in range(batches):
+            began = time.perf_counter()
+            self.raw(self.ready1).numpy()
+            self.singles.append(time.perf_counter() - began)
+        cpu = time.process_time()
+        for data in self.jpegs:
+            began = time.perf_counter()
+            decode_draft(data)
+            self.decode_walls.append(time.perf_counter() - began)
+        self.decode_cpu[0] += time.process_time() - cpu
+        self.decode_cpu[1] += len(self.jpegs)
+
+    @property
+    def network_ms(self) -> float:
+        """Network CPU per image at batch 32, over every sample so far."""
+        return 1000.0 * self.network_cpu[0] / self.network_cpu[1]
+
+    @property
+    def decode_ms(self) -> float:
+        """Draft decode CPU per image, over every sample so far."""
+        return 1000.0 * self.decode_cpu[0] / self.decode_cpu[1]
+
+    @property
+    def raw1_ms(self) -> float:
+        """Raw network batch 1, p50 over every sample so far."""
+        return 1000.0 * float(np.median(self.singles))
+
+    @property
+    def decode_wall_ms(self) -> float:
+        """Draft decode wall time, p50 over every sample so far."""
+        return 1000.0 * float(np.median(self.decode_walls))
 
     def env(self, name: str, **extra: str) -> dict[str, str]:
         """The server's variables: telemetry on, into a folder of its own, no tracking server."""
@@ -358,6 +392,7 @@ class Bench:
         results: dict[str, LoadResult] = {}
         windows: dict[str, list[tuple[float, float]]] = {name: [] for name in started}
         for _ in range(rounds):
+            self.sample_baselines(2 if self.args.quick else 4)
             for name, (port, pid, _) in started.items():
                 began = time.time()
                 part = run_clients(port, pid, self.bodies, clients, seconds / rounds)

@@ -1,4 +1,4 @@
-"""A model server worker keeps Nagle off on connections of a listener uvicorn bound itself.
+"""A model server worker keeps Nagle off, and knows how many workers share its cores.
 
 ``uvicorn --workers N`` (N > 1) binds its listener through ``Config.bind_socket``, whose
 socket reports ``proto`` 0; asyncio then leaves ``TCP_NODELAY`` off on every accepted
@@ -14,7 +14,7 @@ import socket
 import pytest
 import uvicorn
 
-from eye_model.server_socket import keep_tcp_nodelay
+from eye_model.server_socket import keep_tcp_nodelay, scoring_server_workers, workers_argument
 from eye_model.stack import find_free_port
 
 
@@ -71,3 +71,26 @@ def test_keep_tcp_nodelay_turns_nagle_off_on_accepted_connections(
     keep_tcp_nodelay()
     keep_tcp_nodelay()  # idempotent
     assert _accepted_nodelay() == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "environ", "expected"),
+    [
+        # MLflow's command: `uvicorn --host H --port P --workers N ... app` (run by python).
+        (["/venv/bin/python", "/venv/bin/uvicorn", "--workers", "2", "app:app"], {}, 2),
+        (["/venv/bin/uvicorn", "--host", "127.0.0.1", "--workers=3", "app:app"], {}, 3),
+        (["uvicorn", "app:app"], {}, 1),
+        (["uvicorn", "app:app"], {"WEB_CONCURRENCY": "4"}, 4),  # uvicorn's own default
+        (["uvicorn", "--workers", "0", "app:app"], {}, 1),
+        (["python", "-c", "from multiprocessing.spawn import spawn_main"], {}, None),
+        ([], {}, None),
+    ],
+)
+def test_workers_argument_reads_a_uvicorn_command_line(
+    args: list[str], environ: dict[str, str], expected: int | None
+) -> None:
+    assert workers_argument(args, environ) == expected
+
+
+def test_a_process_outside_a_model_server_counts_as_one_worker() -> None:
+    assert scoring_server_workers() == 1  # pytest, started by make or CI: no uvicorn around

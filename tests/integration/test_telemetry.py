@@ -331,8 +331,15 @@ def test_two_workers_give_two_runs_whose_counts_add_up(
                 if _wait_for(lambda: len(_serving_runs(client)) == 2, 5):
                     break
         assert _wait_for(lambda: len(_serving_runs(client)) == 2, 30)
+        # Each worker knows it shares the cores with another (its network then uses one).
+        from eye_model.server_socket import scoring_server_workers
+
+        worker_pids = [int(r.data.tags["pid"]) for r in _serving_runs(client)]
+        assert [scoring_server_workers(pid) for pid in worker_pids] == [2, 2]
     finally:
         server.stop()
+    # ... and set its network's threads before TensorFlow started (eye_model.inference).
+    assert "came after TensorFlow started" not in server.log.read_text()
     runs = _serving_runs(client)
     assert len({r.data.tags["pid"] for r in runs}) == 2
     assert len({r.data.tags["session_id"] for r in runs}) == 2

@@ -273,3 +273,41 @@ def test_an_exception_out_of_the_batch_function_fails_only_its_rows() -> None:
     assert first[0].error == "the model failed on this image (MemoryError); retry later"
     assert second[0].error is None and second[0].probabilities is not None
     assert batcher.stats.failed_batches == 1
+
+
+# -- the network's threads in a multi-worker model server -------------------------------------
+
+
+def test_only_a_process_alone_on_its_cores_lets_network_threads_spin() -> None:
+    from eye_model.inference import network_spinning
+
+    assert network_spinning(1)
+    assert not network_spinning(2)
+
+
+def test_network_threading_applies_before_tensorflow_starts_and_a_late_change_is_reported() -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import logging; logging.basicConfig()\n"
+        "from eye_model.inference import use_network_threading\n"
+        "import tensorflow as tf\n"
+        "from tensorflow.python.eager import context\n"
+        "assert use_network_threading(1, spinning=False)\n"
+        "(tf.constant([1.0]) * 2).numpy()\n"  # TensorFlow starts with these settings
+        "config = context.context().config\n"
+        "print('threads', config.intra_op_parallelism_threads)\n"
+        "print('spinning off', config.experimental.disable_thread_spinning)\n"
+        "print('same again', use_network_threading(1, spinning=False))\n"
+        "print('late change applied', use_network_threading(2, spinning=True))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "threads 1\nspinning off True\nsame again True\n" in done.stdout
+    assert "late change applied False" in done.stdout
+    assert "EYE_MODEL_NETWORK_THREADS=2 (spinning on) came after TensorFlow started" in (
+        done.stderr
+    )
