@@ -76,6 +76,37 @@ def ended_cause(pid: int) -> str | None:
         return None
 
 
+#: ``PIDFD_GET_INFO`` (Linux 6.13+): ``_IOWR(0xFF, 11, struct pidfd_info)``, 64-byte version 0.
+_PIDFD_GET_INFO = (3 << 30) | (64 << 16) | (0xFF << 8) | 11
+#: ``PIDFD_INFO_EXIT`` (Linux 6.15+): the exit status of a process its parent has collected.
+_PIDFD_INFO_EXIT = 1 << 3
+
+
+def reaped_cause(pidfd: int) -> str | None:
+    """How the process of ``pidfd`` ended once its parent collected it; None if unknown.
+
+    Linux keeps the exit status with the pidfd (``PIDFD_GET_INFO``, 6.15 and later), so it
+    can be read after uvicorn has reaped its worker, which on a fast machine it does before
+    ``/proc`` could be read. Older kernels give None.
+    """
+    import fcntl
+    import struct
+
+    buffer = bytearray(struct.pack("=Q", _PIDFD_INFO_EXIT) + bytes(56))
+    try:
+        fcntl.ioctl(pidfd, _PIDFD_GET_INFO, buffer)
+    except OSError:
+        return None
+    mask = struct.unpack_from("=Q", buffer, 0)[0]
+    if not mask & _PIDFD_INFO_EXIT:
+        return None
+    status = struct.unpack_from("=i", buffer, 60)[0]  # exit_code, a wait(2) status
+    try:
+        return describe_exit(os.waitstatus_to_exitcode(status))
+    except ValueError:
+        return None
+
+
 def oom_kills() -> int | None:
     """Processes of this cgroup the kernel killed for lack of memory (cgroup v2), or None."""
     try:
@@ -163,7 +194,7 @@ class WorkerWatch:
         deaths = []
         for fd in ready:
             pid, parent, name = self._watched.pop(fd)
-            cause = ended_cause(pid) or "ended (its exit status was already collected)"
+            cause = _death_cause(pid, fd)
             os.close(fd)
             deaths.append(WorkerDeath(pid, name, parent, cause, time.monotonic()))
         return deaths
@@ -173,3 +204,19 @@ class WorkerWatch:
         for fd in self._watched:
             os.close(fd)
         self._watched.clear()
+
+
+def _death_cause(pid: int, pidfd: int, patience: float = 0.2) -> str:
+    """How a watched worker ended: from ``/proc`` while a zombie, else from its pidfd.
+
+    Between the two (its parent collecting it) neither may answer for a moment: retry for
+    up to ``patience`` seconds.
+    """
+    deadline = time.monotonic() + patience
+    while True:
+        cause = ended_cause(pid) or reaped_cause(pidfd)
+        if cause is not None:
+            return cause
+        if time.monotonic() >= deadline:
+            return "ended (its exit status was already collected)"
+        time.sleep(0.005)

@@ -30,7 +30,7 @@ from eye_model.stack import (
     stop_service,
     write_pid_file,
 )
-from eye_model.stack.process_tree import child_pids
+from eye_model.stack.process_tree import child_pids, reaped_cause
 from eye_model.stack.supervisor import SUPERVISOR_MODULE, supervised_command
 
 #: A server answering /ping, with a helper process in its group (as a server's workers).
@@ -312,3 +312,25 @@ def test_a_missing_program_is_one_line(tmp_path: Path) -> None:
     assert result.stderr.count("\n") == 1, result.stderr
     assert "Error: test server: cannot run" in result.stderr
     assert "No such file or directory" in result.stderr
+
+
+def test_how_a_process_ended_is_read_from_its_pidfd_after_its_parent_collected_it() -> None:
+    # uvicorn reaps a killed worker at once on a fast machine, before /proc can be read: the
+    # supervisor then reads the status kept with the worker's pidfd (Linux 6.15 and later).
+    release = tuple(int(part) for part in os.uname().release.split(".")[:2])
+    if release < (6, 15):
+        pytest.skip(f"Linux {os.uname().release} keeps no exit status with a pidfd (6.15+)")
+    killed = subprocess.Popen(["sleep", "30"])
+    killed_fd = os.pidfd_open(killed.pid)
+    failed = subprocess.Popen(["bash", "-c", "exit 3"])
+    failed_fd = os.pidfd_open(failed.pid)
+    try:
+        assert reaped_cause(killed_fd) is None  # still running
+        os.kill(killed.pid, signal.SIGKILL)
+        killed.wait()
+        failed.wait()
+        assert reaped_cause(killed_fd) == "killed by SIGKILL"
+        assert reaped_cause(failed_fd) == "exited with code 3"
+    finally:
+        os.close(killed_fd)
+        os.close(failed_fd)
