@@ -27,7 +27,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TextIO
 
 from eye_model.config import ENV_MANAGERS
-from eye_model.pyfunc import IMAGE_COLUMN, OUTPUT_COLUMNS, TEXT_COLUMNS
+from eye_model.input_frame import IMAGE_COLUMN
+from eye_model.scored import OUTPUT_COLUMNS, TEXT_COLUMNS
 from eye_model.settings import settings_environ
 
 if TYPE_CHECKING:

@@ -246,13 +246,17 @@ def warning_message(reason: str) -> str:
 
 
 def apply_fundus_check(
-    rows: Sequence[Any], images: np.ndarray, mode: str, setting: str | None = None
+    rows: Sequence[Any],
+    images: np.ndarray | Sequence[str] | None,
+    mode: str,
+    setting: str | None = None,
 ) -> None:
     """Check a batch and record the verdicts on its scored rows (``ScoredImage``).
 
     Args:
         rows: the batch's rows, in the order of ``images``.
-        images: their decoded pixels, uint8 (n, size, size, 3).
+        images: their decoded pixels, uint8 (n, size, size, 3), or their verdicts
+            (:func:`check_fundus`) computed already; None only with mode ``off``.
         mode: ``refuse`` (a failing row gets an ``error`` and no class), ``warn`` (it is
             scored with a warning) or ``off`` (nothing is checked; ``fundus_check`` stays None).
         setting: the environment variable that chooses the mode, named in the error
@@ -260,8 +264,11 @@ def apply_fundus_check(
     """
     if mode == "off":
         return
+    if images is None:
+        raise ValueError("the fundus check needs the images or their verdicts")
     setting = setting or env_name("fundus_check")
-    for row, verdict in zip(rows, check_fundus(images), strict=True):
+    verdicts = check_fundus(images) if isinstance(images, np.ndarray) else images
+    for row, verdict in zip(rows, verdicts, strict=True):
         row.fundus_check = verdict
         if verdict == PASS:
             continue

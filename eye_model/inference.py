@@ -12,6 +12,7 @@ import collections
 import hashlib
 import json
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,19 +160,31 @@ def aligned_stack(arrays: list[np.ndarray]) -> np.ndarray:
     return np.stack(arrays, out=out)
 
 
-def network_spinning(workers: int) -> bool:
-    """Whether the network's idle TensorFlow threads should spin for work (not sleep at once).
+def network_threading(workers: int, cpus: int | None = None) -> tuple[int, bool]:
+    """TensorFlow's threads within an operation (0: one per core) and whether idle ones spin.
 
-    Spinning saves a wake-up when a process has the cores to itself. Each worker of a model
-    server started with ``--workers N`` is a process with a network of its own, and there the
-    spinning threads of one worker take the cores the others need. Measured with two workers
-    on two cores (scripts/benchmark_concurrency.py, servers interleaved, 8 one-image clients):
-    1-7 % more images/s with spinning off (124.5 against 116.5, 113.4 against 112.2), and one
-    client alone as fast (14.5 against 14.3 ms, 15.0 against 15.1 ms at p50). One network
-    thread per worker gave 104.5-125.3 images/s in four runs (this shared machine's noise)
-    but 16.3-17.0 ms for one client: at batch 1 the second thread helps.
+    For a process that is one of ``workers`` workers of a model server on ``cpus`` cores.
+    Alone, the network takes every core and its idle threads spin for work, which saves a
+    wake-up. Each worker of a server started with ``--workers N`` is a process with a network
+    of its own: there the workers share the cores (``cpus // workers`` threads each, at least
+    one) and idle threads sleep, so that one worker's threads do not take the cores the
+    others need. Measured with two workers on two cores, 8 one-image clients: the network
+    then runs batches of about 3, where two threads cost 0.5-1.5 ms more CPU per image than
+    one (6.4 against 5.4 ms at batch 1, 5.4 against 4.9 ms at batch 2); see the README's
+    performance notes for the served figures.
     """
-    return workers <= 1
+    if workers <= 1:
+        return 0, True
+    cpus = cpus or available_cpus()
+    return max(1, cpus // workers), False
+
+
+def available_cpus() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def use_network_threading(threads: int, *, spinning: bool) -> bool:
@@ -217,13 +230,14 @@ def use_network_threading(threads: int, *, spinning: bool) -> bool:
 
 
 def configure_network_threads(settings: Settings) -> None:
-    """Apply ``EYE_MODEL_NETWORK_THREADS``, and in a multi-worker model server no spinning."""
+    """Apply ``EYE_MODEL_NETWORK_THREADS``, else the threads of :func:`network_threading`."""
     if not (settings.in_scoring_server or settings.network_threads):
         return
     from eye_model.server_socket import scoring_server_workers
 
     workers = scoring_server_workers() if settings.in_scoring_server else 1
-    use_network_threading(settings.network_threads, spinning=network_spinning(workers))
+    threads, spinning = network_threading(workers)
+    use_network_threading(settings.network_threads or threads, spinning=spinning)
 
 
 _RUNNERS: collections.OrderedDict[str, NetworkRunner] = collections.OrderedDict()

@@ -1,7 +1,7 @@
 """What a worker of MLflow's uvicorn scoring server fixes or learns about its server.
 
-:func:`scoring_server_workers` tells how many ``--workers`` share the machine (the network
-then sleeps when idle instead of spinning, :func:`eye_model.inference.network_spinning`).
+:func:`scoring_server_workers` tells how many ``--workers`` share the machine (their networks
+then share the cores and sleep when idle, :func:`eye_model.inference.network_threading`).
 :func:`keep_tcp_nodelay` keeps Nagle's algorithm off on every connection a worker accepts:
 
 With ``--workers N`` above 1, uvicorn binds the listening socket itself with ``proto`` left

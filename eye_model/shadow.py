@@ -121,7 +121,7 @@ def build_shadow_records(
     identity: dict[str, str],
     timestamp: float,
 ) -> list[dict[str, Any]]:
-    """One shadow record per served row (``eye_model.pyfunc.ScoredImage``).
+    """One shadow record per served row (``eye_model.scored.ScoredImage``).
 
     Args:
         rows: the request's rows as the served model scored them.

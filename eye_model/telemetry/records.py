@@ -135,7 +135,7 @@ def build_records(
     image_ids: Sequence[object] | None = None,
     timestamp: float | None = None,
 ) -> list[dict[str, Any]]:
-    """One inference record per scored row (``eye_model.pyfunc.ScoredImage``), no pixels.
+    """One inference record per scored row (``eye_model.scored.ScoredImage``), no pixels.
 
     Args:
         rows: the scored rows of one request, in order.

@@ -134,7 +134,7 @@ class Telemetry:
         """Write the records of one request to the local log (from ``predict``; never raises).
 
         Args:
-            rows: the request's scored rows (``eye_model.pyfunc.ScoredImage``); their pixels
+            rows: the request's scored rows (``eye_model.scored.ScoredImage``); their pixels
                 are released here.
             request_id: the request's id.
             image_ids: the client's ids, kept only when ``log_image_ids`` is on.

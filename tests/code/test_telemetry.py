@@ -13,7 +13,7 @@ import pytest
 
 from eye_model.ood import OOD_WARNING
 from eye_model.preprocess import decode_image
-from eye_model.pyfunc import ScoredImage
+from eye_model.scored import ScoredImage
 from eye_model.settings import load_settings, settings_environ
 from eye_model.telemetry import (
     RECOVERED_TAG,

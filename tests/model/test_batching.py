@@ -21,7 +21,8 @@ import pytest
 
 from eye_model.batching import SHUTDOWN_ERROR, NetworkBatcher
 from eye_model.config import PROB_COLUMNS
-from eye_model.pyfunc import EyeDiseaseClassifier, ScoredImage, _decode_row, _fail_rows
+from eye_model.pyfunc import EyeDiseaseClassifier, _decode_row, _fail_rows
+from eye_model.scored import ScoredImage
 from tests.helpers import b64, draw_fundus_like, encode
 
 BAD_VALUES = ["not-an-image", b64(b"GIF89a broken"), ""]
@@ -278,11 +279,14 @@ def test_an_exception_out_of_the_batch_function_fails_only_its_rows() -> None:
 # -- the network's threads in a multi-worker model server -------------------------------------
 
 
-def test_only_a_process_alone_on_its_cores_lets_network_threads_spin() -> None:
-    from eye_model.inference import network_spinning
+def test_model_server_workers_share_the_cores_and_only_a_process_alone_spins() -> None:
+    from eye_model.inference import available_cpus, network_threading
 
-    assert network_spinning(1)
-    assert not network_spinning(2)
+    assert network_threading(1, cpus=2) == (0, True)  # alone: every core, spinning
+    assert network_threading(2, cpus=2) == (1, False)
+    assert network_threading(2, cpus=8) == (4, False)
+    assert network_threading(4, cpus=2) == (1, False)  # never fewer than one thread
+    assert network_threading(2) == (max(1, available_cpus() // 2), False)
 
 
 def test_network_threading_applies_before_tensorflow_starts_and_a_late_change_is_reported() -> None:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from eye_model.explain import OVERLAY_ALPHA, ClassMap, colourise, explain_layer, last_conv_layer
 from eye_model.preprocess import decode_image
-from eye_model.pyfunc import OUTPUT_COLUMNS
+from eye_model.scored import OUTPUT_COLUMNS
 from tests.conftest import TINY_IMAGE_SIZE
 from tests.helpers import b64, draw_fundus_like, encode
 

@@ -13,7 +13,8 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from eye_model.config import CLASS_NAMES, PROB_COLUMNS
-from eye_model.pyfunc import OUTPUT_COLUMNS, ModelConfig, log_model
+from eye_model.pyfunc import ModelConfig, log_model
+from eye_model.scored import OUTPUT_COLUMNS
 from tests.code.test_preprocess import CORPUS
 from tests.conftest import TINY_IMAGE_SIZE
 from tests.helpers import b64, draw_fundus_like, encode
