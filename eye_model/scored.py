@@ -141,6 +141,11 @@ def build_output_frame(rows: list[ScoredImage], class_names: list[str]) -> pd.Da
     """
     if rows and all(row.output_error is None for row in rows):
         return _scored_frame(rows, class_names)
+    return _frame_of_records(rows, class_names)
+
+
+def _frame_of_records(rows: list[ScoredImage], class_names: list[str]) -> pd.DataFrame:
+    """:func:`build_output_frame` through :meth:`ScoredImage.output_fields`, row by row."""
     records = [row.output_fields(class_names) for row in rows]
     columns: dict[str, Any] = {}
     for column in records[0] if records else _empty_columns(class_names):

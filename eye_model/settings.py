@@ -242,9 +242,9 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
     EnvVar(
         "EYE_MODEL_NETWORK_THREADS",
         "network_threads",
-        "(all CPUs)",
-        "threads TensorFlow uses within one network operation; in a model server with "
-        "`--workers` above 1, idle network threads sleep instead of spinning for work",
+        "(all CPUs; in a model server with `--workers` N above 1, CPUs / N)",
+        "threads TensorFlow uses within one network operation; with `--workers` above 1, "
+        "idle network threads sleep instead of spinning for work",
         lambda value: parse_non_negative_int(value, name="EYE_MODEL_NETWORK_THREADS", default=0),
     ),
     EnvVar(

@@ -315,3 +315,47 @@ def test_network_threading_applies_before_tensorflow_starts_and_a_late_change_is
     assert "EYE_MODEL_NETWORK_THREADS=2 (spinning on) came after TensorFlow started" in (
         done.stderr
     )
+
+
+# -- the fundus check beside the network ---------------------------------------------------------
+
+
+def _black() -> str:
+    from PIL import Image
+
+    return b64(encode(Image.new("RGB", (64, 64)), "JPEG"))
+
+
+def test_the_fundus_check_runs_beside_the_network_in_the_helper_thread(
+    classifier: EyeDiseaseClassifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import eye_model.pyfunc as pyfunc_module
+
+    threads: list[str] = []
+    check = pyfunc_module.check_fundus
+
+    def recording_check(pixels: np.ndarray) -> list[str]:
+        threads.append(threading.current_thread().name)
+        return check(pixels)
+
+    monkeypatch.setattr(pyfunc_module, "check_fundus", recording_check)
+    model = _with_batcher(classifier)
+    rows = model.score_images([_good(1), _black()])
+    assert [name.startswith("eye-model-aside") for name in threads] == [True]
+    assert rows[0].fundus_check == "pass" and rows[0].probabilities is not None
+    assert rows[1].fundus_check == "too_dark" and rows[1].probabilities is None
+    assert "not a gradable fundus photograph" in (rows[1].error or "")
+
+
+def test_a_failing_helper_thread_costs_no_verdict(
+    classifier: EyeDiseaseClassifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = _with_batcher(classifier)
+
+    def broken(batch: list[ScoredImage], pixels: np.ndarray) -> list[str]:
+        raise RuntimeError("the helper thread failed")
+
+    monkeypatch.setattr(model, "_aside_work", broken)
+    rows = model.score_images([_good(2), _black()])
+    assert rows[0].fundus_check == "pass" and rows[0].error is None
+    assert rows[1].fundus_check == "too_dark" and rows[1].probabilities is None

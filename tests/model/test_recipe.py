@@ -259,3 +259,16 @@ def test_transfer_learning_phases_touch_only_what_they_should(
                 np.testing.assert_array_equal(
                     after_fine_tune[variable.path], loaded[variable.path], err_msg=variable.path
                 )
+
+
+def test_a_narrower_small_cnn_keeps_its_layers_and_costs_less() -> None:
+    # benchmark_predict --raw-batch-ms stands for a faster CPU with a narrower network; the
+    # pyfunc finds the same named layers in it (embedding, logits).
+    from eye_model.network import build_small_cnn
+
+    full, narrow = build_small_cnn(64), build_small_cnn(64, width=0.5)
+    assert [layer.name for layer in narrow.layers] == [layer.name for layer in full.layers]
+    assert narrow.get_layer("stem_conv").filters == 12
+    assert full.get_layer("b4a_conv").filters == 128
+    assert narrow.count_params() < full.count_params() / 2
+    assert build_small_cnn(64, width=0.01).get_layer("stem_conv").filters == 4  # never none
