@@ -247,7 +247,7 @@ def warning_message(reason: str) -> str:
 
 def apply_fundus_check(
     rows: Sequence[Any],
-    images: np.ndarray | Sequence[str] | None,
+    images: np.ndarray | Sequence[str],
     mode: str,
     setting: str | None = None,
 ) -> None:
@@ -256,7 +256,7 @@ def apply_fundus_check(
     Args:
         rows: the batch's rows, in the order of ``images``.
         images: their decoded pixels, uint8 (n, size, size, 3), or their verdicts
-            (:func:`check_fundus`) computed already; None only with mode ``off``.
+            (:func:`check_fundus`) computed already.
         mode: ``refuse`` (a failing row gets an ``error`` and no class), ``warn`` (it is
             scored with a warning) or ``off`` (nothing is checked; ``fundus_check`` stays None).
         setting: the environment variable that chooses the mode, named in the error
@@ -264,8 +264,6 @@ def apply_fundus_check(
     """
     if mode == "off":
         return
-    if images is None:
-        raise ValueError("the fundus check needs the images or their verdicts")
     setting = setting or env_name("fundus_check")
     verdicts = check_fundus(images) if isinstance(images, np.ndarray) else images
     for row, verdict in zip(rows, verdicts, strict=True):

@@ -286,8 +286,6 @@ class EyeDiseaseClassifier(PythonModel):
             return
         finally:
             verdicts = self._aside_result(aside)  # the helper is done with the rows
-        if verdicts is None and self._fundus_mode() != "off":
-            verdicts = check_fundus(pixels)
         observe_batch(len(batch))
         share = (time.perf_counter() - start) * 1000.0 / len(batch)
         scores = [None] * len(batch) if ood is None else ood.tolist()
@@ -301,7 +299,8 @@ class EyeDiseaseClassifier(PythonModel):
             row.batch_size = len(batch)
             if row.image is not None and not (row.keep_pixels or self._keeps_pixels()):
                 row.image.pixels = None  # nothing of the image is kept past this point
-        apply_fundus_check(batch, verdicts, self._fundus_mode())
+        # Without the helper's verdicts, the check runs here, on the pixels.
+        apply_fundus_check(batch, pixels if verdicts is None else verdicts, self._fundus_mode())
 
     def _fundus_mode(self) -> str:
         return str(getattr(self, "fundus_check", "refuse"))

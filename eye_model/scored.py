@@ -168,7 +168,7 @@ def _scored_frame(rows: list[ScoredImage], class_names: list[str]) -> pd.DataFra
     """:func:`build_output_frame` of rows that were all scored, a column at a time.
 
     The same frame as going through :meth:`ScoredImage.output_fields` row by row, at a
-    third of the cost for a batch of 32 (about 1 ms less per call).
+    lower cost (about 0.4 ms less for a batch of 32).
     """
     probabilities = np.stack([_scored_probabilities(row) for row in rows]).astype(np.float64)
     top = probabilities.argmax(axis=1)  # the first of equal maxima, as output_fields takes

@@ -69,6 +69,7 @@ from benchmark_predict import (
     decode_draft,
     load_text,
     machine_cpu,
+    raw_network,
     render_bases,
     save_noop_model,
 )
@@ -287,8 +288,7 @@ class Bench:
                 self.baseline_dir / "code" / "eye_model",
                 ignore=shutil.ignore_patterns("__pycache__"),
             )
-        spec = tf.TensorSpec([None, SIZE, SIZE, 3], tf.uint8)
-        raw = tf.function(lambda x: network(tf.cast(x, tf.float32), training=False), [spec])
+        raw = raw_network(network)
         pixels = np.stack([decode_draft(self.jpegs[i % 16]) for i in range(32)])
         ready32, ready1 = tf.constant(pixels), tf.constant(pixels[:1])
         for _ in range(3):

@@ -303,6 +303,19 @@ def save_noop_model(path: Path) -> Path:
     return path
 
 
+def raw_network(network: Any) -> Any:
+    """The raw network compiled as ``tf.function`` with a fixed uint8 input signature."""
+    import tensorflow as tf
+
+    spec = tf.TensorSpec([None, SIZE, SIZE, 3], tf.uint8, name="images")
+
+    @tf.function(input_signature=[spec])
+    def raw(images: tf.Tensor) -> tf.Tensor:
+        return network(tf.cast(images, tf.float32), training=False)
+
+    return raw
+
+
 def check_output(frame: Any, rows: int) -> None:
     """Fail loudly if the pyfunc did not score every row (the timing would be meaningless)."""
     if len(frame) != rows or frame["error"].notna().any():
@@ -356,14 +369,7 @@ class Benchmark:
         config = ModelConfig(SIZE, ood=fit_ood_of(self.network))
         self.model_dir = save_model(self.workdir / "model", self.network, config)
         self.model = mlflow.pyfunc.load_model(str(self.model_dir))
-        network = self.network
-        spec = tf.TensorSpec([None, SIZE, SIZE, 3], tf.uint8, name="images")
-
-        @tf.function(input_signature=[spec])
-        def raw(images: tf.Tensor) -> tf.Tensor:
-            return network(tf.cast(images, tf.float32), training=False)
-
-        self.raw = raw
+        self.raw = raw_network(self.network)
         pixels = np.stack([decode_draft(x) for x in self.small])
         self.ready32 = tf.constant(pixels)
         self.ready1 = tf.constant(pixels[:1])
@@ -396,7 +402,6 @@ class Benchmark:
 
         from eye_model.network import build_small_cnn
 
-        spec = tf.TensorSpec([None, SIZE, SIZE, 3], tf.uint8)
         ready = tf.constant(np.zeros((BATCH, SIZE, SIZE, 3), np.uint8))
         low, high = 0.05, 1.0
         best: tuple[float, float, Any] | None = None
@@ -404,8 +409,7 @@ class Benchmark:
             width = (low * high) ** 0.5
             keras.utils.set_random_seed(0)
             network = build_small_cnn(SIZE, width=width)
-            raw = tf.function(lambda x, n=network: n(tf.cast(x, tf.float32), training=False))
-            raw = raw.get_concrete_function(spec)
+            raw = raw_network(network)
             for _ in range(3):
                 raw(ready).numpy()
             took = 1000.0 * p50([timed(lambda r=raw: r(ready).numpy()) for _ in range(9)])
