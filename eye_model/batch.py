@@ -278,7 +278,7 @@ def build_scoring_udf(
 
 
 def thread_environment(threads: int) -> dict[str, str]:
-    """Environment variables that hold TensorFlow and the pyfunc's decoder to ``threads``.
+    """Environment variables that hold the network and the decoder to ``threads`` each.
 
     They act when TensorFlow starts in a Python worker, i.e. in its first task.
     """
@@ -287,7 +287,7 @@ def thread_environment(threads: int) -> dict[str, str]:
         "TF_NUM_INTRAOP_THREADS": value,
         "TF_NUM_INTEROP_THREADS": value,
         "OMP_NUM_THREADS": value,
-        **settings_environ(decode_threads=value),
+        **settings_environ(decode_threads=value, network_threads=value),
     }
 
 

@@ -20,6 +20,8 @@ EMBEDDING_DIMS = 8
 #: The values of ``EYE_MODEL_FUNDUS_CHECK``: refuse, or score with a warning, an image that is
 #: not a gradable colour fundus photograph; or do not check.
 FUNDUS_CHECK_MODES: tuple[str, ...] = ("refuse", "warn", "off")
+#: What can run the network of a loaded model (``EYE_MODEL_NETWORK_RUNTIME``).
+NETWORK_RUNTIMES: tuple[str, ...] = ("tflite", "tensorflow")
 
 #: Side of the square network input, in pixels.
 DEFAULT_IMAGE_SIZE = 224

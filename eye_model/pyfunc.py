@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import functools
 import importlib.metadata
 import logging
@@ -128,8 +129,13 @@ class EyeDiseaseClassifier(PythonModel):
         config_path = Path(context.artifacts[_CONFIG_ARTIFACT])
         self.config = ModelConfig.from_json(config_path.read_text())
         settings = load_settings()
-        configure_network_threads(settings)  # before the network first runs
-        self.runner = shared_runner(Path(context.artifacts[_NETWORK_ARTIFACT]), self.config)
+        threads = configure_network_threads(settings)  # before the network first runs
+        self.runner = shared_runner(
+            Path(context.artifacts[_NETWORK_ARTIFACT]),
+            self.config,
+            runtime=settings.network_runtime,
+            threads=threads,
+        )
         self.max_pixels = settings.max_pixels
         self.max_bytes = settings.max_bytes
         self.max_request_pixels = settings.max_request_pixels
@@ -201,6 +207,7 @@ class EyeDiseaseClassifier(PythonModel):
             identity = read_model_identity(model_dir, settings)
             if settings.in_scoring_server:
                 identity = complete_model_identity(identity, settings)
+            identity = dataclasses.replace(identity, network_runtime=self.runner.runtime)
             self._telemetry = Telemetry(config, identity)
         # Telemetry's image statistics are computed beside the network call (_start_aside);
         # telemetry then releases the pixels.

@@ -26,6 +26,7 @@ from eye_model.config import (
     DEFAULT_MODEL_NAME,
     DEFAULT_TRACKING_URI,
     FUNDUS_CHECK_MODES,
+    NETWORK_RUNTIMES,
 )
 from eye_model.setting_values import (
     SettingsError,
@@ -243,9 +244,17 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
         "EYE_MODEL_NETWORK_THREADS",
         "network_threads",
         "(all CPUs; in a model server with `--workers` N above 1, CPUs / N)",
-        "threads TensorFlow uses within one network operation; with `--workers` above 1, "
-        "idle network threads sleep instead of spinning for work",
+        "the network's threads within one operation (TensorFlow) or call (TensorFlow Lite); "
+        "with `--workers` above 1, idle TensorFlow threads sleep instead of spinning for work",
         lambda value: parse_non_negative_int(value, name="EYE_MODEL_NETWORK_THREADS", default=0),
+    ),
+    EnvVar(
+        "EYE_MODEL_NETWORK_RUNTIME",
+        "network_runtime",
+        "tflite",
+        "what runs the network: `tflite` (TensorFlow Lite, about half the CPU; checked against "
+        "TensorFlow at load, which serves instead if they differ) or `tensorflow`",
+        _choice("EYE_MODEL_NETWORK_RUNTIME", "tflite", NETWORK_RUNTIMES),
     ),
     EnvVar(
         "EYE_MODEL_HOME",
@@ -539,6 +548,7 @@ class Settings:
     fundus_check: str = "refuse"
     decode_threads: int = field(default_factory=lambda: min(8, os.cpu_count() or 2))
     network_threads: int = 0  # 0: TensorFlow's default, one per CPU
+    network_runtime: str = "tflite"
     home: Path = field(default_factory=lambda: Path(DEFAULT_HOME).resolve())
     cache_dir: Path = field(default_factory=lambda: Path("~/.cache/eye-model").expanduser())
     telemetry_mode: str = "serving"

@@ -273,7 +273,12 @@ class ShadowScorer:
             )
         )
         self._config = ModelConfig.from_json((local / "artifacts" / "config.json").read_text())
-        self._runner = shared_runner(local / "artifacts" / "network.keras", self._config)
+        self._runner = shared_runner(
+            local / "artifacts" / "network.keras",
+            self._config,
+            runtime=self.settings.network_runtime,
+            threads=1,  # the shadow scores in one low-priority thread; requests come first
+        )
 
     def _run(self) -> None:
         # The lowest CPU priority for this thread (Linux threads have their own nice

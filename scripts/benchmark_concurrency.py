@@ -9,7 +9,8 @@ All figures come from one run on the same 512 px fundus JPEGs:
      request, read from ``/proc``. The machine's total from ``/proc/stat`` is printed
      beside it: on a shared machine it also counts everyone else;
    - network: ``time.process_time`` per image of the compiled raw network at batch 32 on
-     ready tensors;
+     ready inputs, on the runtime the served model uses (``--runtime``, default TensorFlow
+     Lite as ``EYE_MODEL_NETWORK_RUNTIME``);
    - decode: ``time.process_time`` per image of Pillow's draft decode of the same JPEGs.
 
    The network and the decode are measured at setup and again before every round of every
@@ -65,11 +66,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from benchmark_batch import tree_cpu_seconds
 from benchmark_predict import (
     SIZE,
+    RawNetwork,
     b64,
     decode_draft,
     load_text,
     machine_cpu,
-    raw_network,
     render_bases,
     save_noop_model,
 )
@@ -269,7 +270,6 @@ class Bench:
 
     def setup(self) -> None:
         import keras
-        import tensorflow as tf
 
         from eye_model.network import build_network
         from eye_model.pyfunc import ModelConfig, save_model
@@ -288,22 +288,23 @@ class Bench:
                 self.baseline_dir / "code" / "eye_model",
                 ignore=shutil.ignore_patterns("__pycache__"),
             )
-        raw = raw_network(network)
+        raw = RawNetwork(network, self.args.runtime)
         pixels = np.stack([decode_draft(self.jpegs[i % 16]) for i in range(32)])
-        ready32, ready1 = tf.constant(pixels), tf.constant(pixels[:1])
+        ready32, ready1 = raw.ready(pixels), raw.ready(pixels[:1])
         for _ in range(3):
-            raw(ready32).numpy()
-            raw(ready1).numpy()
+            raw(ready32)
+            raw(ready1)
         self.raw, self.ready32, self.ready1 = raw, ready32, ready1
         self.network_cpu = [0.0, 0]  # CPU seconds, images: every sample of the run adds up
         self.decode_cpu = [0.0, 0]
         self.singles: list[float] = []
         self.decode_walls: list[float] = []
         self.sample_baselines(3 if self.args.quick else 10)
-        ready8 = tf.constant(pixels[:8])
+        ready8 = raw.ready(pixels[:8])
+        raw(ready8)
         cpu = time.process_time()
         for _ in range(20):
-            raw(ready8).numpy()
+            raw(ready8)
         network8_ms = 1000.0 * (time.process_time() - cpu) / (8 * 20)
         kilobytes = float(np.median([len(j) for j in self.jpegs])) / 1024
         print(
@@ -322,12 +323,12 @@ class Bench:
         """
         cpu = time.process_time()
         for _ in range(batches):
-            self.raw(self.ready32).numpy()
+            self.raw(self.ready32)
         self.network_cpu[0] += time.process_time() - cpu
         self.network_cpu[1] += 32 * batches
         for _ in range(batches):
             began = time.perf_counter()
-            self.raw(self.ready1).numpy()
+            self.raw(self.ready1)
             self.singles.append(time.perf_counter() - began)
         cpu = time.process_time()
         for data in self.jpegs:
@@ -365,6 +366,7 @@ class Bench:
         return {
             "ENABLE_MLFLOW_TRACKING": "true",
             "EYE_MODEL_TELEMETRY_DIR": str(folder),
+            "EYE_MODEL_NETWORK_RUNTIME": self.args.runtime,
             # Nothing listens there: records are written locally, delivery fails quietly.
             "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{find_free_port()}",
             **extra,
@@ -527,6 +529,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--baseline-code", type=Path, help="an eye_model package folder to serve as today's code"
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=("tflite", "tensorflow"),
+        default="tflite",
+        help="what runs the network, raw and served (EYE_MODEL_NETWORK_RUNTIME)",
     )
     parser.add_argument("--strict", action="store_true", help="exit 1 if a goal fails")
     return parser.parse_args(argv)

@@ -2,11 +2,13 @@
 
 What it measures, all in one process run and on the same synthetic fundus JPEGs:
 
-1. The raw network: ``build_network("small_cnn", 224)`` (untrained) compiled with
-   ``tf.function`` (fixed uint8 ``[None, 224, 224, 3]`` signature), called on ready
-   tensors, at batch 32 (images/s) and batch 1 (p50 ms). The pyfunc saved from it
-   computes ``ood_score`` too (statistics fitted on its own embeddings of noise), as a
-   trained model does.
+1. The raw network: ``build_network("small_cnn", 224)`` (untrained) compiled for the
+   runtime the model runs it on (``--runtime``, default TensorFlow Lite as
+   ``EYE_MODEL_NETWORK_RUNTIME``; ``tensorflow``: ``tf.function`` with a fixed uint8
+   ``[None, 224, 224, 3]`` signature), called on ready inputs, at batch 32 (images/s) and
+   batch 1 (p50 ms). The raw batch of 32 on the other runtime is printed for comparison.
+   The pyfunc saved from it computes ``ood_score`` too (statistics fitted on its own
+   embeddings of noise), as a trained model does.
 2. The best-known decode of a 2000 px JPEG with Pillow: ``draft("RGB", (224, 224))``
    (DCT-domain 1/8 scaling), ``convert("RGB")``, resize to 224; and a full decode
    without draft, for reference.
@@ -303,17 +305,48 @@ def save_noop_model(path: Path) -> Path:
     return path
 
 
-def raw_network(network: Any) -> Any:
-    """The raw network compiled as ``tf.function`` with a fixed uint8 input signature."""
-    import tensorflow as tf
+class RawNetwork:
+    """The raw network as a served model runs it: uint8 images in, logits out, nothing else.
 
-    spec = tf.TensorSpec([None, SIZE, SIZE, 3], tf.uint8, name="images")
+    ``tflite`` (``EYE_MODEL_NETWORK_RUNTIME``'s default): the network alone compiled by
+    TensorFlow Lite (``eye_model.inference.LiteNetwork``), one interpreter per batch size so
+    that no call pays for a resize (the served one does), one thread per core unless
+    ``threads``. ``tensorflow``: a ``tf.function`` with a fixed uint8 signature, on tensors
+    made before the timing.
+    """
 
-    @tf.function(input_signature=[spec])
-    def raw(images: tf.Tensor) -> tf.Tensor:
-        return network(tf.cast(images, tf.float32), training=False)
+    def __init__(self, network: Any, runtime: str = "tflite", threads: int = 0) -> None:
+        import tensorflow as tf
 
-    return raw
+        from eye_model.inference import available_cpus, compile_lite
+
+        spec = tf.TensorSpec([None, *network.input_shape[1:3], 3], tf.uint8, name="images")
+
+        @tf.function(input_signature=[spec])
+        def raw(images: tf.Tensor) -> tf.Tensor:
+            return network(tf.cast(images, tf.float32), training=False)
+
+        self.runtime = runtime
+        self._function = raw
+        self._threads = threads or available_cpus()
+        self._flat = compile_lite(raw) if runtime == "tflite" else b""
+        self._lites: dict[int, Any] = {}
+
+    def ready(self, pixels: np.ndarray) -> Any:
+        """``pixels`` as the runtime takes them (made before any timing)."""
+        import tensorflow as tf
+
+        return np.ascontiguousarray(pixels) if self._flat else tf.constant(pixels)
+
+    def __call__(self, ready: Any) -> np.ndarray:
+        if not self._flat:
+            return np.asarray(self._function(ready))
+        from eye_model.inference import LiteNetwork
+
+        lite = self._lites.get(len(ready))
+        if lite is None:
+            lite = self._lites[len(ready)] = LiteNetwork(self._flat, self._threads)
+        return np.asarray(lite(ready)[0])
 
 
 def check_output(frame: Any, rows: int) -> None:
@@ -362,35 +395,57 @@ class Benchmark:
 
         keras.utils.set_random_seed(0)
         self.network = (
-            self.calibrated_network(self.args.raw_batch_ms)
+            self.calibrated_network(self.args.raw_batch_ms, self.args.runtime)
             if self.args.raw_batch_ms
             else build_network("small_cnn", SIZE)
         )
         config = ModelConfig(SIZE, ood=fit_ood_of(self.network))
         self.model_dir = save_model(self.workdir / "model", self.network, config)
         self.model = mlflow.pyfunc.load_model(str(self.model_dir))
-        self.raw = raw_network(self.network)
+        self.raw = RawNetwork(self.network, self.args.runtime)
         pixels = np.stack([decode_draft(x) for x in self.small])
-        self.ready32 = tf.constant(pixels)
-        self.ready1 = tf.constant(pixels[:1])
+        self.ready32 = self.raw.ready(pixels)
+        self.ready1 = self.raw.ready(pixels[:1])
         self.frame_small = pd.DataFrame({"image": self.small_b64})
         self.frame_big = pd.DataFrame({"image": self.big_b64})
         self.frame_big_bytes = pd.DataFrame({"image": self.big})  # the pyfunc accepts bytes too
         for _ in range(3):  # warm-up: tracing, oneDNN primitive caches, thread pools
-            self.raw(self.ready32).numpy()
-            self.raw(self.ready1).numpy()
+            self.raw(self.ready32)
+            self.raw(self.ready1)
         check_output(self.model.predict(self.frame_small), BATCH)
         check_output(self.model.predict(self.frame_big), BATCH)
         check_output(self.model.predict(self.frame_big_bytes), BATCH)
+        served_on = self.model.unwrap_python_model().runner.runtime
+        if served_on != self.args.runtime:  # the ratios would compare two runtimes
+            raise RuntimeError(
+                f"the model runs on {served_on}, the raw network on {self.raw.runtime}"
+            )
         print(
             f"  model saved and loaded, network traced: {time.perf_counter() - start:.1f} s "
-            f"(TensorFlow {tf.__version__}, intra-op threads "
+            f"(network on {self.args.runtime}; TensorFlow {tf.__version__}, intra-op "
+            f"threads "
             f"{tf.config.threading.get_intra_op_parallelism_threads() or 'default'}, "
             f"MLflow {mlflow.__version__})"
         )
+        self.compare_runtimes(pixels)
+
+    def compare_runtimes(self, pixels: np.ndarray) -> None:
+        """Print the raw batch of 32 on both runtimes (the other one for comparison only)."""
+        figures = {}
+        for runtime in ("tensorflow", "tflite"):
+            raw = self.raw if runtime == self.raw.runtime else RawNetwork(self.network, runtime)
+            ready = raw.ready(pixels)
+            raw(ready)
+            cpu = time.process_time()
+            wall = p50([timed(lambda r=raw, x=ready: r(x)) for _ in range(7)])
+            figures[runtime] = (1000.0 * wall, 1000.0 * (time.process_time() - cpu) / (7 * BATCH))
+        print(
+            "  raw batch of 32: "
+            + ", ".join(f"{k} {w:.1f} ms ({c:.2f} ms CPU/image)" for k, (w, c) in figures.items())
+        )
 
     @staticmethod
-    def calibrated_network(target_ms: float) -> Any:
+    def calibrated_network(target_ms: float, runtime: str) -> Any:
         """``small_cnn`` narrowed until its raw batch of 32 takes about ``target_ms`` here.
 
         It stands for a faster CPU: the wrapper's own costs (decoding, Python, MLflow) stay
@@ -398,21 +453,21 @@ class Benchmark:
         would there, or more (a faster CPU runs Python faster too).
         """
         import keras
-        import tensorflow as tf
 
         from eye_model.network import build_small_cnn
 
-        ready = tf.constant(np.zeros((BATCH, SIZE, SIZE, 3), np.uint8))
+        zeros = np.zeros((BATCH, SIZE, SIZE, 3), np.uint8)
         low, high = 0.05, 1.0
         best: tuple[float, float, Any] | None = None
         for _ in range(7):  # bisection on the width
             width = (low * high) ** 0.5
             keras.utils.set_random_seed(0)
             network = build_small_cnn(SIZE, width=width)
-            raw = raw_network(network)
+            raw = RawNetwork(network, runtime)
+            ready = raw.ready(zeros)
             for _ in range(3):
-                raw(ready).numpy()
-            took = 1000.0 * p50([timed(lambda r=raw: r(ready).numpy()) for _ in range(9)])
+                raw(ready)
+            took = 1000.0 * p50([timed(lambda r=raw, x=ready: r(x)) for _ in range(9)])
             if best is None or abs(took - target_ms) < abs(best[1] - target_ms):
                 best = (width, took, network)
             low, high = (width, high) if took < target_ms else (low, width)
@@ -426,11 +481,11 @@ class Benchmark:
 
     def raw_batch(self) -> float:
         """Seconds for one raw network call at batch 32."""
-        return timed(lambda: self.raw(self.ready32).numpy())
+        return timed(lambda: self.raw(self.ready32))
 
     def raw_single(self) -> float:
         """Seconds for one raw network call at batch 1."""
-        return timed(lambda: self.raw(self.ready1).numpy())
+        return timed(lambda: self.raw(self.ready1))
 
     # -- phases -------------------------------------------------------------------------------
 
@@ -446,7 +501,7 @@ class Benchmark:
             raw32.append(self.raw_batch())
             wrapped.append(timed(lambda: self.model.predict(self.frame_small)))
             raw1.extend(self.raw_single() for _ in range(3))
-            raw8.append(timed(lambda: [self.raw(q).numpy() for q in quarters]))
+            raw8.append(timed(lambda: [self.raw(q) for q in quarters]))
         raw_ips = BATCH / p50(raw32)
         wrapped_ips = BATCH / p50(wrapped)
         print(
@@ -722,6 +777,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "about MS ms here (e.g. 42); every goal is then judged with it",
     )
     parser.add_argument(
+        "--runtime",
+        choices=("tflite", "tensorflow"),
+        default="tflite",
+        help="what runs the network, raw and in the model (EYE_MODEL_NETWORK_RUNTIME)",
+    )
+    parser.add_argument(
         "--strict", action="store_true", help="exit 1 if a goal fails or cannot be measured"
     )
     return parser.parse_args(argv)
@@ -734,6 +795,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ["EYE_MODEL_NETWORK_RUNTIME"] = args.runtime  # the model's, as the raw one's
     warnings.filterwarnings("ignore", module="mlflow")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="eye-model-bench-") as tmp:

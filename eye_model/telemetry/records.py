@@ -35,6 +35,8 @@ class ModelIdentity:
     uri: str = ""
     source_run_id: str = ""
     logged_model_id: str = ""
+    #: What runs its network in this process (``tflite`` or ``tensorflow``).
+    network_runtime: str = ""
 
 
 def read_model_identity(model_dir: Path | None, settings: Settings) -> ModelIdentity:

@@ -149,6 +149,7 @@ class RunShipper:
                 "model_uri": redact_uri(self.identity.uri),
                 "source_run_id": self.identity.source_run_id,
                 "logged_model_id": self.identity.logged_model_id,
+                "network_runtime": self.identity.network_runtime,
                 "host": socket.gethostname(),
                 "pid": str(self.pid),
                 "session_id": self.session_id,

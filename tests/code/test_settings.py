@@ -64,6 +64,7 @@ def test_unset_variables_give_the_dataclass_defaults() -> None:
         ("MODEL_VERSION", "1.5", "MODEL_VERSION='1.5' is not a version"),
         ("MODEL_STAGE", "Prod", "MODEL_STAGE='Prod' is not one of"),
         ("MODEL_ALIAS", "champoin", "MODEL_ALIAS='champoin' is not one of"),
+        ("EYE_MODEL_NETWORK_RUNTIME", "tflit", "EYE_MODEL_NETWORK_RUNTIME='tflit' is not one of"),
     ],
 )
 def test_a_bad_value_names_the_variable(name: str, value: str, expected: str) -> None:

@@ -342,6 +342,8 @@ def test_two_workers_give_two_runs_whose_counts_add_up(
     assert "came after TensorFlow started" not in server.log.read_text()
     runs = _serving_runs(client)
     assert len({r.data.tags["pid"] for r in runs}) == 2
+    # Each worker's network runs on TensorFlow Lite, and its serving run says so.
+    assert [r.data.tags.get("network_runtime") for r in runs] == ["tflite", "tflite"]
     assert len({r.data.tags["session_id"] for r in runs}) == 2
     totals = [
         client.get_run(r.info.run_id).data.metrics.get("session_total_predictions", 0) for r in runs
