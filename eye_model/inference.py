@@ -366,8 +366,9 @@ def configure_network_threads(settings: Settings) -> int:
 
     workers = scoring_server_workers() if settings.in_scoring_server else 1
     threads, spinning = network_threading(workers)
-    use_network_threading(settings.network_threads or threads, spinning=spinning)
-    return settings.network_threads or threads
+    threads = settings.network_threads or threads
+    use_network_threading(threads, spinning=spinning)
+    return threads
 
 
 _RUNNERS: collections.OrderedDict[str, NetworkRunner] = collections.OrderedDict()
