@@ -98,6 +98,8 @@ class NetworkRunner:
             dims = min(EMBEDDING_DIMS, width)
             projection = np.eye(width, dims, dtype=np.float32)
             mean = np.zeros(width, np.float32)
+        #: Widths of the probabilities and the reduced embedding (for a batch of no rows).
+        self._widths = (int(dual.outputs[0].shape[-1]), int(projection.shape[1]))
         projection_t = tf.constant(projection)
         mean_t = tf.constant(mean)
         spec = tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.uint8, name="images")
@@ -181,7 +183,13 @@ class NetworkRunner:
             beyond the validation split's 99th percentile), or None for a model stored
             without its out-of-distribution statistics.
         """
-        if self._lite is not None and len(images):
+        if not len(images):
+            # No network call: TensorFlow's fused kernels refuse an empty batch on some CPUs
+            # ("Incompatible shapes: [24] vs. [0,64,64,3]" with AVX-512).
+            classes, dims = self._widths
+            outputs: list[np.ndarray] = [np.zeros((0, classes), np.float32)]
+            outputs += [np.zeros((0, dims), np.float32), np.zeros(0, np.float32)]
+        elif self._lite is not None:
             outputs = self._lite(images)
         else:
             outputs = [tensor.numpy() for tensor in self._run(self._as_tensor(images))]
