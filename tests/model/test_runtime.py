@@ -72,14 +72,17 @@ def test_tensorflow_lite_gives_tensorflows_outputs_at_every_batch_size(
     assert (lite.runtime, reference.runtime) == ("tflite", "tensorflow")
     # The converter's own root handler is gone: the request log lines keep theirs.
     assert root.handlers == handlers
-    # Sizes change from call to call, as the batcher's do; 0 rows give 0 rows.
-    for count, seed in [(1, 0), (5, 1), (2, 2), (32, 3), (5, 4), (1, 5)]:
+    # Sizes change from call to call, as the batcher's do, on both sides of a chunk's edge
+    # (a larger batch runs in chunks of LITE_CHUNK images, each on its own interpreter).
+    chunk = inference.LITE_CHUNK
+    sizes = [1, chunk + 1, 2, 32, chunk, 2 * chunk + 1, chunk - 1, 1]
+    for seed, count in enumerate(sizes):
         pixels = _pixels(count, seed)
         _assert_same(lite.run(pixels), reference.run(pixels))
     # No rows: no network call on either runtime (TensorFlow's fused kernels refuse an empty
     # batch on AVX-512 machines), the same empty outputs.
     for runner in (lite, reference):
-        probabilities, embedding, ood = runner.run(_pixels(0, 6))
+        probabilities, embedding, ood = runner.run(_pixels(0, 99))
         assert (probabilities.shape, embedding.shape) == ((0, CLASSES), (0, 8))
         assert ood is not None and ood.shape == (0,)
 
