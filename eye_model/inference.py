@@ -191,8 +191,11 @@ class NetworkRunner:
             # No network call: TensorFlow's fused kernels refuse an empty batch on some CPUs
             # ("Incompatible shapes: [24] vs. [0,64,64,3]" with AVX-512).
             classes, dims = self._widths
-            outputs: list[np.ndarray] = [np.zeros((0, classes), np.float32)]
-            outputs += [np.zeros((0, dims), np.float32), np.zeros(0, np.float32)]
+            outputs: list[np.ndarray] = [
+                np.zeros((0, classes), np.float32),
+                np.zeros((0, dims), np.float32),
+                np.zeros(0, np.float32),
+            ]
         elif self._lite is not None:
             outputs = self._lite(images)
         else:
@@ -242,14 +245,11 @@ class LiteNetwork:
 
     def __call__(self, images: np.ndarray) -> list[np.ndarray]:
         """The function's outputs for uint8 images (n >= 1, size, size, 3), as new arrays."""
-        chunk = self.chunk
+        parts = []
         with self._lock:
-            parts = [
-                self._sized[len(part)](part)
-                for part in (
-                    images[start : start + chunk] for start in range(0, len(images), chunk)
-                )
-            ]
+            for start in range(0, len(images), self.chunk):
+                part = images[start : start + self.chunk]
+                parts.append(self._sized[len(part)](part))
         if len(parts) == 1:
             return parts[0]
         return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
@@ -272,7 +272,7 @@ class _SizedInterpreter:
         outputs = interpreter.get_output_details()
         #: Output tensors in the function's order: "Identity", "Identity_1", ...
         self._outputs = [
-            detail["index"] for detail in sorted(outputs, key=lambda d: _output_number(d["name"]))
+            output["index"] for output in sorted(outputs, key=lambda d: _output_number(d["name"]))
         ]
         self._interpreter = interpreter
 

@@ -434,17 +434,21 @@ class Benchmark:
         TensorFlow Lite also in one call of 32 (its served chunks are smaller and faster).
         """
         figures = {}
-        variants = {"tensorflow": (0,), "tflite": (0,), "tflite in one call": (BATCH,)}
-        for runtime, (chunk,) in variants.items():
-            if runtime == self.raw.runtime:
+        variants = {
+            "tensorflow": ("tensorflow", 0),
+            "tflite": ("tflite", 0),
+            "tflite in one call": ("tflite", BATCH),
+        }
+        for name, (runtime, chunk) in variants.items():
+            if name == self.raw.runtime:
                 raw = self.raw
             else:
-                raw = RawNetwork(self.network, runtime.split()[0], chunk=chunk)
+                raw = RawNetwork(self.network, runtime, chunk=chunk)
             ready = raw.ready(pixels)
             raw(ready)
             cpu = time.process_time()
             wall = p50([timed(lambda r=raw, x=ready: r(x)) for _ in range(7)])
-            figures[runtime] = (1000.0 * wall, 1000.0 * (time.process_time() - cpu) / (7 * BATCH))
+            figures[name] = (1000.0 * wall, 1000.0 * (time.process_time() - cpu) / (7 * BATCH))
         print(
             "  raw batch of 32: "
             + ", ".join(f"{k} {w:.1f} ms ({c:.2f} ms CPU/image)" for k, (w, c) in figures.items())
