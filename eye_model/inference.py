@@ -74,6 +74,57 @@ class ModelConfig:
         return cls(**known)
 
 
+class ModelFileError(ValueError):
+    """A file of a saved model is missing, damaged or incomplete: one line naming it and the fix.
+
+    A model server whose model cannot load would otherwise die on Keras's or json's own
+    words ("File not found" for a file cut short), or be restarted in a loop.
+    """
+
+
+def _model_file_error(what: str, path: Path, reason: str) -> ModelFileError:
+    return ModelFileError(
+        f"cannot load the model's {what} {path}: {reason}. The model is damaged or was "
+        "copied incompletely: download, register or log it again"
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    line = next((part.strip() for part in str(exc).splitlines() if part.strip()), "")
+    return f"{type(exc).__name__}: {line[:200]}" if line else type(exc).__name__
+
+
+def read_model_config(path: Path) -> ModelConfig:
+    """The config file of a saved model, or :class:`ModelFileError` naming it."""
+    try:
+        return ModelConfig.from_json(path.read_text())
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise _model_file_error("config file", path, _reason(exc)) from exc
+
+
+def load_network(path: Path) -> Any:
+    """The Keras network file of a saved model, or :class:`ModelFileError` naming it."""
+    import zipfile
+
+    import keras
+
+    try:
+        complete = zipfile.is_zipfile(path)
+    except OSError as exc:
+        raise _model_file_error("network file", path, _reason(exc)) from exc
+    if not complete:
+        reason = (
+            "it is not a complete .keras file (a zip archive)"
+            if path.is_file()
+            else "there is no such file"
+        )
+        raise _model_file_error("network file", path, reason)
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as exc:  # Keras says "File not found" for many kinds of damage
+        raise _model_file_error("network file", path, _reason(exc)) from exc
+
+
 class NetworkRunner:
     """The network compiled once for serving: uint8 images in; probabilities, embeddings out.
 
@@ -439,16 +490,17 @@ def shared_runner(
     ``runtime`` is ``EYE_MODEL_NETWORK_RUNTIME`` (``tflite``: :meth:`NetworkRunner.use_lite`
     with ``threads``, 0 for one per core).
     """
-    import keras
-
-    digest = hashlib.sha256(network_path.read_bytes())
+    try:
+        digest = hashlib.sha256(network_path.read_bytes())
+    except OSError as exc:
+        raise _model_file_error("network file", network_path, _reason(exc)) from exc
     digest.update(config.to_json().encode())
     digest.update(f"{runtime}:{threads}".encode())
     key = digest.hexdigest()
     with _RUNNERS_LOCK:
         runner = _RUNNERS.get(key)
         if runner is None:
-            network = keras.saving.load_model(network_path, compile=False)
+            network = load_network(network_path)
             runner = NetworkRunner(network, config)
             runner.warm_up()
             if runtime == "tflite":

@@ -39,7 +39,13 @@ from eye_model.config import PROB_COLUMNS
 from eye_model.decode_budget import MemoryBudget, RequestGate
 from eye_model.explain import PARAMS_SCHEMA, add_heatmaps, explain_options
 from eye_model.fundus import apply_fundus_check, check_fundus
-from eye_model.inference import ModelConfig, aligned_stack, configure_network_threads, shared_runner
+from eye_model.inference import (
+    ModelConfig,
+    aligned_stack,
+    configure_network_threads,
+    read_model_config,
+    shared_runner,
+)
 from eye_model.input_frame import (
     IMAGE_COLUMN,
     IMAGE_ID_COLUMN,
@@ -127,7 +133,7 @@ class EyeDiseaseClassifier(PythonModel):
     def load_context(self, context: PythonModelContext) -> None:
         """Load the network and its config, compile and warm it up, start the decode pool."""
         config_path = Path(context.artifacts[_CONFIG_ARTIFACT])
-        self.config = ModelConfig.from_json(config_path.read_text())
+        self.config = read_model_config(config_path)
         settings = load_settings()
         threads = configure_network_threads(settings)  # before the network first runs
         self.runner = shared_runner(

@@ -258,7 +258,7 @@ class ShadowScorer:
         import mlflow
         from mlflow import MlflowClient
 
-        from eye_model.inference import ModelConfig, shared_runner
+        from eye_model.inference import read_model_config, shared_runner
         from eye_model.registry import find_registered_version
 
         client = MlflowClient(tracking_uri=self.settings.tracking_uri)
@@ -272,7 +272,7 @@ class ShadowScorer:
                 self.model_uri, dst_path=str(self._model_dir), tracking_uri=client.tracking_uri
             )
         )
-        self._config = ModelConfig.from_json((local / "artifacts" / "config.json").read_text())
+        self._config = read_model_config(local / "artifacts" / "config.json")
         self._runner = shared_runner(
             local / "artifacts" / "network.keras",
             self._config,

@@ -259,6 +259,46 @@ def test_copies_of_a_model_share_one_compiled_network_and_other_models_do_not(
     assert mlflow.pyfunc.load_model(str(warmer)).unwrap_python_model().runner is not other.runner
 
 
+@pytest.mark.parametrize(
+    ("damage", "named", "reason"),
+    [
+        ("cut network", "network.keras", "it is not a complete .keras file"),
+        ("no network", "network.keras", "FileNotFoundError"),
+        ("garbage network", "network.keras", "it is not a complete .keras file"),
+        ("cut config", "config.json", "JSONDecodeError"),
+        ("config of another kind", "config.json", "TypeError"),
+    ],
+)
+def test_a_damaged_model_file_fails_loading_with_one_line_naming_it(
+    tiny_model_path: Path, tmp_path: Path, damage: str, named: str, reason: str
+) -> None:
+    """A model copied half-way must not die on Keras's "File not found" for a file that is there."""
+    from eye_model.inference import ModelFileError
+
+    copy = shutil.copytree(tiny_model_path, tmp_path / "copy")
+    network, config = copy / "artifacts" / "network.keras", copy / "artifacts" / "config.json"
+    if damage == "cut network":
+        network.write_bytes(network.read_bytes()[: network.stat().st_size // 2])
+    elif damage == "no network":
+        network.unlink()
+    elif damage == "garbage network":
+        network.write_bytes(b"<html>403 Forbidden</html>")
+    elif damage == "cut config":
+        config.write_text(config.read_text()[:20])
+    else:
+        config.write_text('{"classes": 4}')
+    with pytest.raises(ModelFileError) as raised:
+        mlflow.pyfunc.load_model(str(copy))
+    message = str(raised.value)
+    assert "\n" not in message
+    assert f"cannot load the model's {'network' if 'network' in damage else 'config'} file" in (
+        message
+    )
+    assert str(copy / "artifacts" / named) in message
+    assert reason in message
+    assert message.endswith("download, register or log it again")
+
+
 def test_logged_model_has_signature_example_and_code(tiny_network) -> None:
     with mlflow.start_run() as run:
         info = log_model(tiny_network, ModelConfig(image_size=TINY_IMAGE_SIZE))
