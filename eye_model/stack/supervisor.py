@@ -59,9 +59,14 @@ SUPERVISOR_MODULE = "eye_model.stack.supervisor"
 #: ``mlflow models serve`` waits for its server process and prints this when it fails.
 _SERVER_RETURN_CODE = re.compile(rb"returned non zero return code\. Return code = (-?\d+)")
 _URI = re.compile(r"[A-Za-z][\w+.-]*://\S+")
+#: A line that states an error: a traceback's last line (``ValueError: ...``,
+#: ``eye_model.inference.ModelFileError: ...``) or uvicorn's ``ERROR:`` lines.
+_ERROR_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception): \S|^ERROR:\s+\S")
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 #: A worker whose parent still runs this long after its death is being replaced.
 _WORKER_GRACE = 1.0
+#: Seconds between a worker's death and an error line that explains it.
+_ERROR_NEAR_DEATH = 5.0
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,11 @@ def read_supervisor_state(path: Path, supervisor_pid: int) -> dict[str, Any] | N
     return state
 
 
+def _shown(line: str) -> str:
+    """An output line as a message may quote it: URIs without passwords, 300 characters."""
+    return _URI.sub(lambda m: redact_uri(m.group()), line)[:300]
+
+
 @dataclass
 class _Run:
     """One start of the command."""
@@ -133,6 +143,9 @@ class _Run:
     healthy: bool = False
     server_returncode: int | None = None
     last_line: str = ""
+    #: The last line that stated an error (see :data:`_ERROR_LINE`), and when it came.
+    last_error: str = ""
+    last_error_at: float = 0.0
     threads: list[threading.Thread] = field(default_factory=list)
     deaths: list[WorkerDeath] = field(default_factory=list)
 
@@ -274,6 +287,8 @@ class Supervisor:
                 run.server_returncode = int(match[1])
             if line.strip():
                 run.last_line = line.decode(errors="replace").strip()
+                if _ERROR_LINE.match(run.last_line):
+                    run.last_error, run.last_error_at = run.last_line, time.monotonic()
             try:
                 if out is not None:
                     out.write(line)
@@ -303,7 +318,7 @@ class Supervisor:
                     pending.remove(death)
                     if run.process.poll() is None and death.parent in child_pids(run.process.pid):
                         self._count_restart(
-                            f"{death.name} {death.pid} {death.cause}",
+                            f"{death.name} {death.pid} {death.cause}{self._error_near(run, death)}",
                             f"{process_name(death.parent)} starts a new one",
                             state="running" if run.healthy else "starting",
                         )
@@ -334,7 +349,8 @@ class Supervisor:
         self._join(run, timeout=2.0)  # its last words may explain it
         cause = describe_exit(run.process.returncode)
         if run.server_returncode is not None:
-            cause += f": its server process was {describe_exit(run.server_returncode)}"
+            was = "was " if run.server_returncode < 0 else ""  # killed by SIGKILL; exited ...
+            cause += f": its server process {was}{describe_exit(run.server_returncode)}"
         elif run.deaths:
             death = run.deaths[0]
             cause += f": its {death.name} {death.pid} {death.cause}"
@@ -398,12 +414,26 @@ class Supervisor:
         )
 
     @staticmethod
-    def _last_words(run: _Run) -> str:
-        """The command's last output line (URIs without passwords), for a one-line error."""
-        if not run.last_line:
+    def _error_near(run: _Run, death: WorkerDeath) -> str:
+        """The error a worker printed as it died (a model that cannot load), if any.
+
+        Only an error line that came within a few seconds of the death: a worker killed by
+        a signal prints none, and an older error is about something else.
+        """
+        if not run.last_error or abs(death.when - run.last_error_at) > _ERROR_NEAR_DEATH:
             return ""
-        line = _URI.sub(lambda m: redact_uri(m.group()), run.last_line)
-        return f" (its last output: {line[:300]})"
+        return f" (its last error: {_shown(run.last_error)})"
+
+    @staticmethod
+    def _last_words(run: _Run) -> str:
+        """The command's last error line, else its last output line, for a one-line error.
+
+        URIs are shown without their passwords.
+        """
+        words = run.last_error or run.last_line
+        if not words:
+            return ""
+        return f" (its last {'error' if run.last_error else 'output'}: {_shown(words)})"
 
     def _record(self, **changes: Any) -> None:
         """Update the state file atomically (a reader never sees half a file)."""

@@ -39,6 +39,7 @@ import http.server, os, signal, subprocess, sys, threading
 port, mode = int(sys.argv[1]), sys.argv[2]
 if mode == "fail":
     print("ValueError: cannot load s3://reader:hunter2@bucket/model", flush=True)
+    print("INFO: shutting down", flush=True)  # the error, not the last line, explains it
     sys.exit(3)
 if mode == "ignore-term":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -232,7 +233,7 @@ def test_a_server_that_never_starts_is_not_restarted(
     assert "test server did not start" in error
     assert f"exited with code 3 before {supervised.url} answered" in error
     # Its last words name the problem, without the password of a URI.
-    assert "ValueError: cannot load s3://reader@bucket/model" in error
+    assert "(its last error: ValueError: cannot load s3://reader@bucket/model)" in error
     assert "hunter2" not in error
     assert supervised.state["state"] == "gave up"
 

@@ -205,21 +205,49 @@ def test_serve_keeps_n_workers_and_sigterm_stops_everything_within_10_s(
             stop_process(serve, grace=10)
 
 
-def test_a_model_that_cannot_load_ends_with_one_line_instead_of_a_loop(tmp_path: Path) -> None:
-    port = find_free_port()
-    missing = tmp_path / "no-such-model"
+def _serve_until_it_gives_up(model: Path, port: int, *options: str) -> tuple[str, str]:
+    """Run ``eye-model serve`` on a model that cannot load: its one error line, its output."""
     result = subprocess.run(
-        [*EYE_MODEL, "serve", "-m", str(missing), "-p", str(port)],
+        [*EYE_MODEL, "serve", "-m", str(model), "-p", str(port), *options],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=240,
         env=server_environment(NO_TELEMETRY),
         check=False,
     )
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if "supervisor: Error:" in line]
     assert len(errors) == 1, result.stderr
-    assert "model server did not start: mlflow models serve exited with code 1" in errors[0]
-    assert f"before http://127.0.0.1:{port}/ping answered" in errors[0]
-    assert "Not restarted" in errors[0]
-    assert result.stderr.count("started mlflow models serve") == 1
+    leftovers = subprocess.run(["pgrep", "-f", f"--port {port}"], capture_output=True, check=False)
+    assert leftovers.stdout == b""
+    return errors[0], result.stderr
+
+
+def test_a_model_that_cannot_load_ends_with_one_line_instead_of_a_loop(tmp_path: Path) -> None:
+    port = find_free_port()
+    error, output = _serve_until_it_gives_up(tmp_path / "no-such-model", port)
+    assert "model server did not start: mlflow models serve exited with code 1" in error
+    assert f"before http://127.0.0.1:{port}/ping answered" in error
+    assert "Not restarted" in error
+    assert output.count("started mlflow models serve") == 1
+
+
+@pytest.mark.slow
+def test_a_damaged_model_ends_with_one_line_naming_the_file(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    """uvicorn replaces its workers as they fail to load the model, until the supervisor
+    gives up: the line says which file and what to do, not only "exited with code 1"."""
+    import shutil
+
+    model = shutil.copytree(tiny_model_path, tmp_path / "model")
+    network = model / "artifacts" / "network.keras"
+    network.write_bytes(network.read_bytes()[: network.stat().st_size // 2])
+    error, _ = _serve_until_it_gives_up(model, find_free_port(), "-w", "2")
+    assert "model server: 6 restarts within 60 s (at most 5); last: " in error
+    assert "exited with code 1" in error
+    assert (
+        f"its last error: eye_model.inference.ModelFileError: cannot load the model's "
+        f"network file {network}: it is not a complete .keras file" in error
+    )
+    assert "download, register or log it again" in error
