@@ -163,9 +163,15 @@ class EyeDiseaseClassifier(PythonModel):
         # The fundus check and the image statistics run here while the network runs.
         self._aside_pool = ThreadPoolExecutor(1, thread_name_prefix="eye-model-aside")
         if settings.in_scoring_server:
-            from eye_model.server_socket import keep_tcp_nodelay
+            from eye_model.server_socket import (
+                balance_connections,
+                keep_tcp_nodelay,
+                scoring_server_workers,
+            )
 
             keep_tcp_nodelay()  # uvicorn --workers N leaves Nagle on (eye_model.server_socket)
+            if scoring_server_workers() > 1:
+                balance_connections()  # clients that connect at once go to different workers
         model_dir = Path(context.artifacts[_CONFIG_ARTIFACT]).parent.parent
         self._start_telemetry(model_dir, settings)
         if settings.metrics_port and settings.in_scoring_server:

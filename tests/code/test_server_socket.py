@@ -1,4 +1,5 @@
-"""A model server worker keeps Nagle off, and knows how many workers share its cores.
+"""A model server worker keeps Nagle off, leaves connections to less busy workers, and knows
+how many workers share its cores.
 
 ``uvicorn --workers N`` (N > 1) binds its listener through ``Config.bind_socket``, whose
 socket reports ``proto`` 0; asyncio then leaves ``TCP_NODELAY`` off on every accepted
@@ -9,13 +10,21 @@ These tests use uvicorn's own ``bind_socket`` and real loopback connections.
 from __future__ import annotations
 
 import asyncio
+import collections
+import http.client
 import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 import uvicorn
 
 from eye_model.server_socket import keep_tcp_nodelay, scoring_server_workers, workers_argument
-from eye_model.stack import find_free_port
+from eye_model.stack import find_free_port, start_process, stop_process
 
 
 def _accepted_nodelay() -> int:
@@ -94,3 +103,73 @@ def test_workers_argument_reads_a_uvicorn_command_line(
 
 def test_a_process_outside_a_model_server_counts_as_one_worker() -> None:
     assert scoring_server_workers() == 1  # pytest, started by make or CI: no uvicorn around
+
+
+#: An app for real ``uvicorn --workers 2``: it answers with the pid of the worker that holds
+#: the connection, and balances connections as a scoring-server worker does.
+BALANCED_APP = """
+import os
+from eye_model.server_socket import balance_connections
+assert balance_connections()
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": str(os.getpid()).encode()})
+"""
+
+
+def _pids_of_connections(port: int, count: int, stagger: float = 0.0) -> list[int]:
+    """Open ``count`` keep-alive connections at once (or ``stagger`` s apart): their pids."""
+    start = threading.Barrier(count)
+    connections = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(count)]
+    pids = [0] * count
+
+    def ask(k: int) -> None:
+        start.wait()
+        time.sleep(stagger * k)
+        connections[k].request("GET", "/")
+        pids[k] = int(connections[k].getresponse().read())
+
+    threads = [threading.Thread(target=ask, args=(k,)) for k in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Each connection stays with its worker: ask again on the same connections.
+    for k, connection in enumerate(connections):
+        connection.request("GET", "/")
+        assert int(connection.getresponse().read()) == pids[k]
+        connection.close()
+    return pids
+
+
+def test_clients_that_connect_at_once_are_spread_over_the_workers(tmp_path: Path) -> None:
+    """Without it, asyncio's accept loop let one worker take every waiting connection:
+    2 clients shared one of 2 workers in 6 of 8 tries, leaving a core idle."""
+    (tmp_path / "balanced.py").write_text(BALANCED_APP)
+    port = find_free_port()
+    command = [
+        *[sys.executable, "-m", "uvicorn", "--app-dir", str(tmp_path)],
+        *["--port", str(port), "--workers", "2", "--log-level", "warning", "balanced:app"],
+    ]
+    server = start_process(command, log_path=tmp_path / "uvicorn.log")
+    try:
+        workers: set[int] = set()
+        deadline = time.monotonic() + 60
+        while len(workers) < 2:  # both workers up: each has answered once
+            assert time.monotonic() < deadline, (tmp_path / "uvicorn.log").read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as answer:
+                    workers.add(int(answer.read()))
+            except OSError:
+                time.sleep(0.2)
+        for count, stagger in [(2, 0.0)] * 6 + [(4, 0.0), (8, 0.0)] * 2 + [(4, 0.1)]:
+            shares = collections.Counter(_pids_of_connections(port, count, stagger))
+            assert set(shares) <= workers
+            assert sorted(shares.values()) == [count // 2] * 2, (count, stagger, shares)
+    finally:
+        stop_process(server, grace=10)
+    leftovers = subprocess.run(["pgrep", "-f", "balanced:app"], capture_output=True, check=False)
+    assert leftovers.stdout == b""
