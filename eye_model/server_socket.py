@@ -96,7 +96,8 @@ def balance_connections() -> bool:
         def later() -> None:
             if sock.fileno() != fd or (server is not None and not server.is_serving()):
                 return  # the server closed meanwhile
-            accept_one()  # nothing left to accept: returns at once
+            # Listening again first: if accepting fails for want of file descriptors,
+            # asyncio takes the reader away and puts it back after a second.
             loop._add_reader(
                 fd,
                 accept_balanced,
@@ -108,6 +109,7 @@ def balance_connections() -> bool:
                 backlog,
                 *args,
             )
+            accept_one()  # nothing left to accept: returns at once
 
         loop.call_later(min(held * ACCEPT_WAIT_PER_CONNECTION, ACCEPT_WAIT_MAX), later)
 
