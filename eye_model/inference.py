@@ -90,8 +90,10 @@ def _model_file_error(what: str, path: Path, reason: str) -> ModelFileError:
 
 
 def _reason(exc: BaseException) -> str:
-    line = next((part.strip() for part in str(exc).splitlines() if part.strip()), "")
-    return f"{type(exc).__name__}: {line[:200]}" if line else type(exc).__name__
+    from eye_model.errors import first_line
+
+    line = first_line(str(exc), limit=200)
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 
 def read_model_config(path: Path) -> ModelConfig:
