@@ -58,10 +58,10 @@ def fresh_sqlite_store(path: Path) -> str:
 def tracking_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Point MLflow at a fresh SQLite store of the test's own.
 
-    It lies in its own subfolder, so a test whose folder is a stack's home finds no store
-    there that it did not make.
+    It lies beside the test's folder, not in it: tests use ``tmp_path`` as an image folder
+    or a stack's home and must find there only what they put there.
     """
-    uri = fresh_sqlite_store(tmp_path / "tracking-store" / "mlflow.db")
+    uri = fresh_sqlite_store(tmp_path.parent / f"{tmp_path.name}-tracking" / "mlflow.db")
     # mlflow.set_experiment() exports MLFLOW_EXPERIMENT_ID; never let it leak between tests.
     for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
         monkeypatch.delenv(name, raising=False)

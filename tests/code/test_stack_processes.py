@@ -23,6 +23,7 @@ from eye_model.stack import (
     StackPaths,
     process_identity,
     read_pid_file,
+    server_environment,
     stack_status,
     start_process,
     stop_process,
@@ -207,3 +208,12 @@ def test_stack_down_reports_a_stale_pid_file_and_leaves_the_stranger(
     assert "stopped" not in result.stdout
     assert _alive(stranger)
     assert not paths.pid_file("tracking").exists()
+
+
+def test_mlflows_server_job_runner_is_off_unless_the_environment_turns_it_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", raising=False)
+    assert server_environment()["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "true")
+    assert server_environment()["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "true"

@@ -480,6 +480,25 @@ def _clean_env(**extra: str) -> dict[str, str]:
     return {**env, "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
 
 
+@pytest.mark.slow
+def test_the_tracking_server_starts_no_job_runner(tmp_path: Path) -> None:
+    """eye-model uses none of MLflow's server jobs: its tracking server's process group is
+    the server and its workers, without the job runner and its huey consumers (eight more
+    processes, about 12 s of CPU at every start)."""
+    from tests.helpers import TrackingServer
+
+    server = TrackingServer(tmp_path).start()
+    try:
+        assert server.process is not None
+        group = subprocess.run(
+            ["pgrep", "-a", "-g", str(server.process.pid)], capture_output=True, text=True
+        ).stdout
+    finally:
+        server.stop()
+    assert "mlflow server" in group or "mlflow.server" in group, group
+    assert "_job_runner" not in group and "huey" not in group, group
+
+
 # --- SQLite backup and restore (slow, no PostgreSQL) ----------------------------------------
 
 
